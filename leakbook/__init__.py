@@ -1,0 +1,24 @@
+"""leakbook: training-data leakage from gradients, the package behind the book.
+
+Importing it has no side effects: nothing is seeded, downloaded or configured.
+Call :func:`seed_everything` yourself (every chapter does in its first cell).
+"""
+import random
+
+import numpy as np
+import torch
+
+from . import attacks, data, exercises, fl, metrics, models, viz
+from .attacks.result import Reconstruction
+
+__version__ = "0.1.0"
+__all__ = ["attacks", "data", "exercises", "fl", "metrics", "models", "viz",
+           "Reconstruction", "seed_everything", "__version__"]
+
+
+def seed_everything(seed: int = 0, threads: int = 2) -> None:
+    """Seed Python, NumPy and torch, and cap torch at ``threads`` CPU threads."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.set_num_threads(threads)

@@ -1,0 +1,7 @@
+"""Attacks on shared gradients; each chapter adds its own module.
+
+Every image attack returns a :class:`Reconstruction`.
+"""
+from .result import Reconstruction
+
+__all__ = ["Reconstruction"]

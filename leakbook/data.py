@@ -1,0 +1,156 @@
+"""Offline datasets: real images that installed packages ship, nothing downloaded.
+
+Taught in chapter 01. Every dataset comes from a file inside scikit-learn or
+scikit-image, so ``load`` works without a network.
+
+========  ===============================================  ===========================
+name      what                                             source and licence
+========  ===============================================  ===========================
+digits    1797 handwritten digits, 8x8 grey, 10 classes    UCI optdigits via
+                                                           scikit-learn (BSD-3)
+faces     100 face crops from LFW, 25x25 grey, label 1;    Labeled Faces in the Wild
+          with ``nonfaces=True`` also 100 non-faces (0)   via scikit-image; LFW
+                                                           states no licence, research use
+photos    crops of 10 bundled photographs, RGB, class =    scikit-image data (public
+          source photograph (see ``PHOTO_SOURCES``)        domain / CC0) and scikit-learn
+                                                           sample images (CC-BY 2.0)
+========  ===============================================  ===========================
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+NAMES = ("digits", "faces", "photos")
+
+#: photograph -> (loader, licence). Class k of "photos" is the k-th entry.
+PHOTO_SOURCES = {
+    "astronaut": ("skimage", "public domain (NASA)"),
+    "chelsea": ("skimage", "CC0, Stefan van der Walt"),
+    "coffee": ("skimage", "CC0, Rachel Michetti"),
+    "rocket": ("skimage", "public domain (SpaceX)"),
+    "hubble_deep_field": ("skimage", "public domain (NASA)"),
+    "immunohistochemistry": ("skimage", "no known copyright restrictions"),
+    "retina": ("skimage", "CC0, Mikael Haggstrom"),
+    "camera": ("skimage", "CC0, Lav Varshney"),
+    "china": ("sklearn", "CC-BY 2.0, scikit-learn sample image"),
+    "flower": ("sklearn", "CC-BY 2.0, scikit-learn sample image"),
+}
+
+_photo_cache: dict[str, np.ndarray] = {}
+
+
+def _photo(name: str) -> np.ndarray:
+    """One bundled photograph as float32 (H, W, 3) in [0, 1]."""
+    if name not in _photo_cache:
+        if PHOTO_SOURCES[name][0] == "skimage":
+            import skimage.data
+            img = getattr(skimage.data, name)()
+        else:
+            from sklearn.datasets import load_sample_image
+            img = load_sample_image(f"{name}.jpg")
+        img = np.asarray(img, dtype=np.float32)
+        img = img / 255.0 if img.max() > 1.0 else img
+        if img.ndim == 2:
+            img = np.repeat(img[..., None], 3, axis=2)
+        _photo_cache[name] = img[..., :3]
+    return _photo_cache[name]
+
+
+def _digits() -> tuple[torch.Tensor, torch.Tensor]:
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    return x, torch.tensor(d.target, dtype=torch.long)
+
+
+def _faces(nonfaces: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    import skimage.data
+    imgs = skimage.data.lfw_subset()  # first 100 faces, then 100 non-faces
+    x = torch.tensor(imgs, dtype=torch.float32).unsqueeze(1)
+    y = torch.cat([torch.ones(100), torch.zeros(100)]).long()
+    return (x, y) if nonfaces else (x[:100], y[:100])
+
+
+def _photo_crops(n: int, size: int, gen: torch.Generator,
+                 labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    names = list(PHOTO_SOURCES)
+    if labels is None:
+        labels = torch.randint(len(names), (n,), generator=gen)
+    crops = []
+    for k in labels.tolist():
+        img = torch.from_numpy(_photo(names[k])).permute(2, 0, 1)
+        h, w = img.shape[1:]
+        side = int(min(h, w) * (0.25 + 0.35 * torch.rand(1, generator=gen).item()))
+        top = torch.randint(h - side + 1, (1,), generator=gen).item()
+        left = torch.randint(w - side + 1, (1,), generator=gen).item()
+        crop = img[:, top:top + side, left:left + side].unsqueeze(0)
+        crops.append(F.interpolate(crop, size=(size, size), mode="area"))
+    return torch.cat(crops).clamp(0, 1), labels.long()
+
+
+def load(name: str, n: int, seed: int = 0, size: int | None = None,
+         rgb: bool = False, labels=None, nonfaces: bool = False,
+         dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Load ``n`` images of a bundled dataset.
+
+    name: "digits", "faces" or "photos" (see the module docstring).
+    n: number of images; drawn without replacement where the set allows.
+    seed: which images are drawn (and, for "photos", which crops).
+    size: resize to size x size (default: native; "photos" default 32).
+    rgb: repeat a grey channel three times.
+    labels: optional sequence of wanted labels, one per image, duplicates
+        allowed (a batch with chosen labels); overrides ``n`` if given.
+    Returns x: (n, C, H, W) in [0, 1] and y: (n,) int64.
+    """
+    if name not in NAMES:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {NAMES}")
+    if labels is not None:
+        labels = torch.as_tensor(labels, dtype=torch.long).flatten()
+        n = len(labels)
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    gen = torch.Generator().manual_seed(seed)
+    if name == "photos":
+        if labels is not None and ((labels < 0) | (labels >= len(PHOTO_SOURCES))).any():
+            raise ValueError(f"photo labels must lie in 0..{len(PHOTO_SOURCES) - 1}")
+        x, y = _photo_crops(n, size or 32, gen, labels)
+    else:
+        pool_x, pool_y = _digits() if name == "digits" else _faces(nonfaces)
+        idx = _pick(pool_y, n, gen, labels, name)
+        x, y = pool_x[idx], pool_y[idx]
+        if size is not None and size != x.shape[-1]:
+            x = F.interpolate(x, size=(size, size), mode="bilinear",
+                              align_corners=False).clamp(0, 1)
+    if rgb and x.shape[1] == 1:
+        x = x.repeat(1, 3, 1, 1)
+    return x.to(dtype), y
+
+
+def _pick(pool_y: torch.Tensor, n: int, gen: torch.Generator, labels, name: str) -> torch.Tensor:
+    """Indices of n samples: random, or one per wanted label (distinct samples)."""
+    if labels is None:
+        if n > len(pool_y):
+            raise ValueError(f"{name} has {len(pool_y)} images, asked for {n}")
+        return torch.randperm(len(pool_y), generator=gen)[:n]
+    idx = []
+    for lab in labels.unique().tolist():
+        cands = (pool_y == lab).nonzero().flatten()
+        want = int((labels == lab).sum())
+        if len(cands) == 0:
+            raise ValueError(f"{name} has no image with label {lab}")
+        if want > len(cands):
+            raise ValueError(f"{name} has {len(cands)} images of label {lab}, asked for {want}")
+        idx.append(cands[torch.randperm(len(cands), generator=gen)[:want]])
+    # put the picks back in the order the labels were asked for
+    by_label = {lab: list(i.tolist()) for lab, i in zip(labels.unique().tolist(), idx)}
+    return torch.tensor([by_label[lab].pop() for lab in labels.tolist()])
+
+
+def describe() -> str:
+    """A short credit line for each dataset, as the book prints it."""
+    lines = ["digits: UCI optdigits, shipped with scikit-learn (BSD-3-Clause)",
+             "faces: Labeled Faces in the Wild subset, shipped with scikit-image",
+             "photos: " + "; ".join(f"{k} ({v[1]})" for k, v in PHOTO_SOURCES.items())]
+    return "\n".join(lines)

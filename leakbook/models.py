@@ -1,0 +1,162 @@
+"""The model zoo of the gradient-inversion literature, built seeded.
+
+Taught in chapter 01 (and chapters 04-08 use the zoo). ``build(name, ...)``
+returns a fresh ``torch.nn.Module``; the same seed gives the same weights and
+the global random state is left untouched.
+
+=========  =============================================================  =========
+name       architecture                                                   source
+=========  =============================================================  =========
+lenet_dlg  conv(12,k5,s2,p2)-conv(12,k5,s2,p2)-conv(12,k5,s1,p2)-FC,       DLG
+           sigmoid, weights and biases ~ U(-0.5, 0.5)
+cnn6       6 bias-free convs (12-36-36-36-64-128), LeakyReLU(0.2), FC      R-GAP
+cnn6_d     as cnn6 with the 2nd and 3rd conv 12->20->36 (rank-deficient)   R-GAP
+fcn3       FC 784-1000-100-out, LeakyReLU(0.2), bias-free                  R-GAP
+mlp        FC layers of chosen widths                                      --
+cnn2_c1    conv(6,k3) - FC, tanh, with bias                                Chen & Campbell
+cnn3_c1    conv(6,k3) - conv(3,k4,s2) - FC, tanh                           Chen & Campbell
+cnn4_c2    conv(16,k5) - conv(6,k5,s2) - conv(32,k5,p2) - FC, tanh         Chen & Campbell
+resnet_tiny  conv stem, two residual blocks (optional BatchNorm), FC       --
+=========  =============================================================  =========
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+ACTIVATIONS = {
+    "sigmoid": nn.Sigmoid,
+    "relu": nn.ReLU,
+    "leaky_relu": lambda: nn.LeakyReLU(0.2),
+    "tanh": nn.Tanh,
+    "softplus": nn.Softplus,
+    "silu": nn.SiLU,
+    "identity": nn.Identity,
+}
+
+
+def make_activation(name: str) -> nn.Module:
+    """A fresh activation module by name (see ``ACTIVATIONS``)."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]()
+
+
+def _conv_out(size: int, k: int, s: int, p: int) -> int:
+    return (size + 2 * p - k) // s + 1
+
+
+def _conv_stack(spec, in_channels: int, image_size: int, act: str, bias: bool):
+    """Convs from a spec [(out, k, s, p), ...], each followed by the activation."""
+    layers, c, size = [], in_channels, image_size
+    for out, k, s, p in spec:
+        layers += [nn.Conv2d(c, out, k, s, p, bias=bias), make_activation(act)]
+        c, size = out, _conv_out(size, k, s, p)
+        if size < 1:
+            raise ValueError(f"image_size {image_size} is too small for this network")
+    return layers, c * size * size
+
+
+def _cnn(spec, in_channels, image_size, num_classes, act, bias, head_bias=None):
+    layers, features = _conv_stack(spec, in_channels, image_size, act, bias)
+    head_bias = bias if head_bias is None else head_bias
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(features, num_classes, bias=head_bias))
+
+
+def lenet_dlg(in_channels=3, image_size=32, num_classes=10, activation="sigmoid"):
+    """DLG's LeNet; init U(-0.5, 0.5) as in the DLG code."""
+    spec = [(12, 5, 2, 2), (12, 5, 2, 2), (12, 5, 1, 2)]
+    net = _cnn(spec, in_channels, image_size, num_classes, activation, True)
+    for p in net.parameters():
+        nn.init.uniform_(p, -0.5, 0.5)
+    return net
+
+
+def cnn6(in_channels=3, image_size=32, num_classes=1, activation="leaky_relu", bias=False,
+         head_bias=None, widths=(12, 36, 36, 36, 64, 128)):
+    """R-GAP's CNN6: bias-free by default, one logit for the logistic loss."""
+    k = [(4, 2, 2), (3, 2, 1), (3, 1, 1), (3, 1, 1), (3, 2, 1), (3, 1, 1)]
+    spec = [(w, *ks) for w, ks in zip(widths, k)]
+    return _cnn(spec, in_channels, image_size, num_classes, activation, bias, head_bias)
+
+
+def cnn6_d(**kwargs):
+    """R-GAP's CNN6-d: the 2nd and 3rd convs are 20 and 36 wide (rank-deficient)."""
+    return cnn6(widths=(12, 20, 36, 36, 64, 128), **kwargs)
+
+
+def mlp(in_features=64, widths=(100,), num_classes=10, activation="relu", bias=True):
+    """Flatten, then FC layers of the given widths, each followed by the activation."""
+    layers, prev = [nn.Flatten()], in_features
+    for w in widths:
+        layers += [nn.Linear(prev, w, bias=bias), make_activation(activation)]
+        prev = w
+    layers.append(nn.Linear(prev, num_classes, bias=bias))
+    return nn.Sequential(*layers)
+
+
+def fcn3(in_features=784, num_classes=1, activation="leaky_relu", bias=False):
+    """R-GAP's FCN3: 784-1000-100-1, LeakyReLU, bias-free."""
+    return mlp(in_features, (1000, 100), num_classes, activation, bias)
+
+
+def cnn2_c1(in_channels=3, image_size=32, num_classes=10, activation="tanh"):
+    """Chen & Campbell's cnn2_c1: conv(6, k3) then FC."""
+    return _cnn([(6, 3, 1, 0)], in_channels, image_size, num_classes, activation, True)
+
+
+def cnn3_c1(in_channels=3, image_size=32, num_classes=10, activation="tanh"):
+    """Chen & Campbell's cnn3_c1: conv(6, k3), conv(3, k4, s2), FC."""
+    return _cnn([(6, 3, 1, 0), (3, 4, 2, 0)], in_channels, image_size, num_classes,
+                activation, True)
+
+
+def cnn4_c2(in_channels=3, image_size=32, num_classes=10, activation="tanh"):
+    """Chen & Campbell's cnn4_c2: conv(16, k5), conv(6, k5, s2), conv(32, k5, p2), FC."""
+    spec = [(16, 5, 1, 0), (6, 5, 2, 0), (32, 5, 1, 2)]
+    return _cnn(spec, in_channels, image_size, num_classes, activation, True)
+
+
+class _Block(nn.Module):
+    def __init__(self, c: int, act: str, batchnorm: bool):
+        super().__init__()
+        norm = (lambda: nn.BatchNorm2d(c)) if batchnorm else nn.Identity
+        self.body = nn.Sequential(nn.Conv2d(c, c, 3, 1, 1), norm(), make_activation(act),
+                                  nn.Conv2d(c, c, 3, 1, 1), norm())
+        self.act = make_activation(act)
+
+    def forward(self, x):
+        return self.act(x + self.body(x))
+
+
+def resnet_tiny(in_channels=3, image_size=32, num_classes=10, width=16, activation="relu",
+                batchnorm=True):
+    """A conv stem (stride 2), two residual blocks, global average pooling, FC."""
+    norm = nn.BatchNorm2d(width) if batchnorm else nn.Identity()
+    return nn.Sequential(
+        nn.Conv2d(in_channels, width, 3, 2, 1), norm, make_activation(activation),
+        _Block(width, activation, batchnorm), _Block(width, activation, batchnorm),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes))
+
+
+ZOO = {f.__name__: f for f in (lenet_dlg, cnn6, cnn6_d, fcn3, mlp, cnn2_c1, cnn3_c1,
+                                cnn4_c2, resnet_tiny)}
+
+
+def build(name: str, seed: int = 0, dtype: torch.dtype = torch.float32, **kwargs) -> nn.Module:
+    """Build a zoo model with weights drawn from ``seed``.
+
+    The global torch random state is not changed. Keyword arguments go to the
+    builder (for example ``activation="relu"``, ``num_classes=10``,
+    ``image_size=16``). The model comes back in train mode, as a client uses
+    it; ``dtype=torch.float64`` for the exactness demos.
+    """
+    if name not in ZOO:
+        raise ValueError(f"unknown model {name!r}; choose one of {sorted(ZOO)}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            net = ZOO[name](**kwargs)
+        except TypeError as err:
+            raise TypeError(f"build({name!r}): {err}") from None
+    return net.to(dtype)
