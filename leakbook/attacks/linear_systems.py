@@ -1,0 +1,101 @@
+"""Convolutions as matrices: the linear systems behind layer-wise attacks.
+
+Taught in chapter 07 (and chapter 08 counts their ranks). For a Conv2d with
+weight W (O, C, k, k) acting on one input x (C, H, W) with output z (O, h, w):
+
+- forward constraints: ``conv_matrix(conv, shape) @ x.flatten() == z.flatten() - bias``
+- gradient constraints: ``conv_gradient_matrix(conv, shape, delta) @ x.flatten()
+  == grad_W.flatten()`` where delta = dL/dz (O, h, w) for this one sample.
+
+Padding never enters as an unknown: padded positions are zeros and drop out.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _check_conv(conv: nn.Module, input_shape) -> tuple[int, int, int]:
+    if not isinstance(conv, nn.Conv2d):
+        raise TypeError(f"expected an nn.Conv2d, got {type(conv).__name__}")
+    if conv.groups != 1 or conv.dilation != (1, 1) or conv.padding_mode != "zeros":
+        raise ValueError("only Conv2d with groups=1, dilation=1 and zero padding is supported")
+    if isinstance(conv.padding, str):
+        raise ValueError("give Conv2d padding as numbers, not a string")
+    if len(input_shape) != 3 or input_shape[0] != conv.in_channels:
+        raise ValueError(f"input_shape must be (C={conv.in_channels}, H, W), got {tuple(input_shape)}")
+    return tuple(int(s) for s in input_shape)
+
+
+def patch_indices(conv: nn.Conv2d, input_shape) -> torch.Tensor:
+    """Which input entry each kernel tap reads, for every output position.
+
+    Returns idx (C*k*k, L) int64 with L = h_out*w_out: the flat index into
+    x.flatten() read by tap m at output position l, or -1 where the tap reads
+    padding. (Unfold of an image of indices.)
+    """
+    c, h, w = _check_conv(conv, input_shape)
+    ids = torch.arange(1, c * h * w + 1, dtype=torch.float64).reshape(1, c, h, w)
+    cols = F.unfold(ids, conv.kernel_size, padding=conv.padding, stride=conv.stride)
+    return cols[0].round().long() - 1
+
+
+def output_shape(conv: nn.Conv2d, input_shape) -> tuple[int, int, int]:
+    """(O, h_out, w_out) of the conv applied to one input of input_shape (C, H, W)."""
+    _, h, w = _check_conv(conv, input_shape)
+    (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
+    return conv.out_channels, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+
+
+def _scatter(rows_per_tap: torch.Tensor, values: torch.Tensor, idx: torch.Tensor,
+             n_rows: int, n_cols: int, sparse: bool) -> torch.Tensor:
+    """Accumulate values at (rows, idx) over the taps that read real input."""
+    keep = idx >= 0
+    rows, cols, vals = rows_per_tap[..., keep], idx[..., keep], values[..., keep]
+    coo = torch.sparse_coo_tensor(torch.stack([rows.flatten(), cols.flatten()]), vals.flatten(),
+                                  (n_rows, n_cols), check_invariants=True).coalesce()
+    return coo if sparse else coo.to_dense()
+
+
+def conv_matrix(conv: nn.Conv2d, input_shape, sparse: bool = False) -> torch.Tensor:
+    """Matrix A (O*h*w, C*H*W) with A @ x.flatten() == conv(x).flatten() - bias.
+
+    Same dtype as the conv's weight; a sparse COO tensor if ``sparse``.
+    """
+    idx = patch_indices(conv, input_shape)                  # (M, L)
+    o = conv.out_channels
+    m, l = idx.shape
+    weight = conv.weight.detach().reshape(o, m)             # (O, M)
+    rows = (torch.arange(o)[:, None, None] * l + torch.arange(l)[None, None, :]).expand(o, m, l)
+    values = weight[:, :, None].expand(o, m, l)
+    n = input_shape[0] * input_shape[1] * input_shape[2]
+    return _scatter(rows, values, idx.expand(o, m, l), o * l, n, sparse)
+
+
+def conv_gradient_matrix(conv: nn.Conv2d, input_shape, delta: torch.Tensor,
+                         sparse: bool = False) -> torch.Tensor:
+    """Matrix K (O*C*k*k, C*H*W) with K @ x.flatten() == dL/dW.flatten() for one sample.
+
+    delta: dL/dz of that sample, shape (O, h_out, w_out) (or (1, O, h, w)).
+    """
+    idx = patch_indices(conv, input_shape)                  # (M, L)
+    o = conv.out_channels
+    m, l = idx.shape
+    delta = delta.detach().reshape(-1)
+    if delta.numel() != o * l:
+        raise ValueError(f"delta has {delta.numel()} entries; this conv's output has "
+                         f"{o * l} = {output_shape(conv, input_shape)}")
+    delta = delta.reshape(o, l).to(conv.weight.dtype)
+    rows = (torch.arange(o)[:, None, None] * m + torch.arange(m)[None, :, None]).expand(o, m, l)
+    values = delta[:, None, :].expand(o, m, l)
+    n = input_shape[0] * input_shape[1] * input_shape[2]
+    return _scatter(rows, values, idx.expand(o, m, l), o * m, n, sparse)
+
+
+def unread_pixels(conv: nn.Conv2d, input_shape) -> torch.Tensor:
+    """Boolean mask (C, H, W) of input entries that no kernel tap ever reads."""
+    idx = patch_indices(conv, input_shape)
+    seen = torch.zeros(input_shape[0] * input_shape[1] * input_shape[2], dtype=torch.bool)
+    seen[idx[idx >= 0]] = True
+    return ~seen.reshape(tuple(input_shape))
