@@ -56,6 +56,32 @@ def same_multiset(answer, expected, hint: str = "") -> bool:
 
 # --- chapter 01 -------------------------------------------------------------
 
+@register("ch01-ex-fedavg")
+def _ch01_fedavg(answer, model, x, y, lr=0.5, steps=3) -> bool:
+    from .fl import client_update
+    expected = client_update(model, x, y, lr=lr, local_steps=steps)
+    if not isinstance(answer, (list, tuple)) or len(answer) != len(expected):
+        return verdict(False, f"Expected a list of {len(expected)} tensors, one per "
+                              "parameter tensor of the model.")
+    ok = all(torch.as_tensor(a).shape == e.shape and torch.allclose(
+        torch.as_tensor(a, dtype=e.dtype), e, atol=1e-8) for a, e in zip(answer, expected))
+    return verdict(ok, "Take the steps on a copy of the model and return new minus old "
+                       "weights (not the gradients).")
+
+
+@register("ch01-ex-count")
+def _ch01_count(answer) -> bool:
+    from .models import build
+    expected = sum(p.numel() for p in build("lenet_dlg", num_classes=100).parameters())
+    return verdict(int(answer) == expected, "Count weights and biases of all four layers; "
+                                            "the linear layer sees 12 x 8 x 8 features.")
+
+
+@register("ch01-ex-recover")
+def _ch01_recover(answer, secret) -> bool:
+    return close(answer, secret, rtol=0, atol=1e-8,
+                 hint="Divide a row of the weight gradient by its bias gradient entry.")
+
 
 # --- chapter 02 -------------------------------------------------------------
 

@@ -72,3 +72,15 @@ def plot_curves(curves: dict, xlabel: str, ylabel: str, logy: bool = False, ax=N
     if len(curves) > 1:
         ax.legend(fontsize=8)
     return ax
+
+
+def animation_html(anim, fps: int = 2) -> str:
+    """An animation as self-contained HTML with a frame slider (works with no kernel).
+
+    matplotlib's ``to_jshtml`` links a Font Awesome stylesheet from a CDN; the
+    link is dropped so the page loads nothing from other hosts (the book's
+    theme ships its own icons).
+    """
+    import re
+    html = anim.to_jshtml(fps=fps, default_mode="once")
+    return re.sub(r"<link[^>]*font-awesome[^>]*>", "", html)

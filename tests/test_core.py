@@ -251,3 +251,15 @@ def test_seed_everything_reproduces():
     a = torch.rand(2)
     lb.seed_everything(3)
     assert torch.equal(a, torch.rand(2))
+
+
+def test_animation_html_is_self_contained():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib import animation
+    fig, ax = plt.subplots()
+    anim = animation.FuncAnimation(fig, lambda k: ax.plot([k]), frames=2)
+    html = lb.viz.animation_html(anim)
+    plt.close(fig)
+    assert "<img" in html and "cdn" not in html.lower()
