@@ -3,18 +3,14 @@
 Taught in chapter 01. Every dataset comes from a file inside scikit-learn or
 scikit-image, so ``load`` works without a network.
 
-========  ===============================================  ===========================
-name      what                                             source and licence
-========  ===============================================  ===========================
-digits    1797 handwritten digits, 8x8 grey, 10 classes    UCI optdigits via
-                                                           scikit-learn (BSD-3)
-faces     100 face crops from LFW, 25x25 grey, label 1;    Labeled Faces in the Wild
-          with ``nonfaces=True`` also 100 non-faces (0)   via scikit-image; LFW
-                                                           states no licence, research use
-photos    crops of 10 bundled photographs, RGB, class =    scikit-image data (public
-          source photograph (see ``PHOTO_SOURCES``)        domain / CC0) and scikit-learn
-                                                           sample images (CC-BY 2.0)
-========  ===============================================  ===========================
+digits  1797 handwritten digits, 8x8 grey, 10 classes. UCI optdigits,
+        shipped with scikit-learn (BSD-3-Clause).
+faces   100 faces from Labeled Faces in the Wild, 25x25 grey, label 1
+        (``nonfaces=True`` adds 100 non-faces, label 0). Shipped with
+        scikit-image; LFW states no licence (research and teaching use).
+photos  random crops of 10 bundled photographs, RGB, 32x32 by default;
+        class k is the k-th source in ``PHOTO_SOURCES`` (public domain,
+        CC0, or CC-BY 2.0 for scikit-learn's two sample images).
 """
 from __future__ import annotations
 

@@ -4,20 +4,18 @@ Taught in chapter 01 (and chapters 04-08 use the zoo). ``build(name, ...)``
 returns a fresh ``torch.nn.Module``; the same seed gives the same weights and
 the global random state is left untouched.
 
-=========  =============================================================  =========
-name       architecture                                                   source
-=========  =============================================================  =========
-lenet_dlg  conv(12,k5,s2,p2)-conv(12,k5,s2,p2)-conv(12,k5,s1,p2)-FC,       DLG
-           sigmoid, weights and biases ~ U(-0.5, 0.5)
-cnn6       6 bias-free convs (12-36-36-36-64-128), LeakyReLU(0.2), FC      R-GAP
-cnn6_d     as cnn6 with the 2nd and 3rd conv 12->20->36 (rank-deficient)   R-GAP
-fcn3       FC 784-1000-100-out, LeakyReLU(0.2), bias-free                  R-GAP
-mlp        FC layers of chosen widths                                      --
-cnn2_c1    conv(6,k3) - FC, tanh, with bias                                Chen & Campbell
-cnn3_c1    conv(6,k3) - conv(3,k4,s2) - FC, tanh                           Chen & Campbell
-cnn4_c2    conv(16,k5) - conv(6,k5,s2) - conv(32,k5,p2) - FC, tanh         Chen & Campbell
-resnet_tiny  conv stem, two residual blocks (optional BatchNorm), FC       --
-=========  =============================================================  =========
+lenet_dlg    DLG: conv(12,k5,s2,p2), conv(12,k5,s2,p2), conv(12,k5,s1,p2),
+             FC; sigmoid; weights and biases ~ U(-0.5, 0.5)
+cnn6         R-GAP: six bias-free convs 12-36-36-36-64-128, LeakyReLU(0.2),
+             FC to one logit
+cnn6_d       R-GAP: as cnn6 with the 2nd and 3rd conv 12->20->36
+             (rank-deficient)
+fcn3         R-GAP: FC 784-1000-100-out, LeakyReLU(0.2), bias-free
+mlp          FC layers of chosen widths
+cnn2_c1      Chen & Campbell: conv(6,k3), FC; tanh, with bias
+cnn3_c1      Chen & Campbell: conv(6,k3), conv(3,k4,s2), FC; tanh
+cnn4_c2      Chen & Campbell: conv(16,k5), conv(6,k5,s2), conv(32,k5,p2), FC
+resnet_tiny  conv stem, two residual blocks (optional BatchNorm), FC
 """
 from __future__ import annotations
 
