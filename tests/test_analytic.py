@@ -156,3 +156,15 @@ def test_least_squares_mixes_inputs_when_underdetermined():
     assert torch.allclose(sol.inputs, proj @ x.flatten(1), atol=1e-10)
     assert rel_err(sol.inputs, x) > 0.05
     assert sol.condition == float("inf")
+
+
+def test_every_sample_with_several_isolating_rows_is_certified_once():
+    # many rows per sample: the agreement test must not lose precision (cdist's
+    # fast mode does) nor split one sample into several groups
+    x, y = lb.data.load("digits", 2, seed=0, dtype=F64)
+    net = lb.models.build("mlp", in_features=64, widths=(512,), dtype=F64)
+    gw, gb = first_layer_grads(net, x, y)
+    out = invert_fc(gw, gb)
+    assert len(out.samples) == 2 and min(len(r) for r in out.sample_rows) > 20
+    errs = torch.cdist(out.samples, x.flatten(1), compute_mode="donot_use_mm_for_euclid_dist")
+    assert errs.min(1).values.max() < 1e-10 * x.flatten(1).norm(dim=1).min()

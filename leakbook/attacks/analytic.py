@@ -117,7 +117,8 @@ def _agreeing_groups(ratios: torch.Tensor, tol: float) -> list[list[int]]:
     proj = torch.randn(ratios.shape[1], 8, generator=gen, dtype=ratios.dtype)
     low = ratios @ (proj / proj.norm(dim=0))
     pairs = torch.maximum(norms[:, None], norms[None, :])
-    near = torch.cdist(low, low) <= 3 * tol * pairs  # projections shrink by <= sqrt(8)
+    exact = "donot_use_mm_for_euclid_dist"  # the fast mode loses ~sqrt(eps)
+    near = torch.cdist(low, low, compute_mode=exact) <= 3 * tol * pairs
     lonely = near.sum(1) == 1
     groups = [[i] for i in torch.nonzero(lonely).flatten().tolist()]
     free = ~lonely
@@ -141,16 +142,18 @@ def invert_fc(grad_weight: torch.Tensor, grad_bias: torch.Tensor, rtol: float | 
     rtol: rows with |grad_bias[i]| <= rtol * max|grad_bias| are skipped, never
         divided by (default sqrt(machine epsilon) of the dtype).
     agree_tol: relative distance under which two rows' ratios count as the same
-        input (default 1e-6 in float64, 1e-2 in lower precision).
+        input (default 1e-10 in float64, 1e-5 otherwise: a row that one sample
+        reaches carries a single term, so its ratio is exact to round-off).
     min_agree: how many agreeing rows certify a single sample (2 by default; a
         sample that only one row reaches stays among ``ratios`` but is not
         certified, since the gradient alone cannot tell it from a mixture).
 
     Returns an :class:`FCInversion`; for one sample, ``invert_fc(gw, gb).input``
-    is the input (n,). Agreement certifies a single sample when the layer's
-    error signals are generic, e.g. a ReLU layer followed by a layer with at
-    least two outputs; with a single-logit head all rows that the same samples
-    reach give the same mixture, and agreement proves nothing.
+    is the input (n,). Agreement is evidence, not proof: it certifies a single
+    sample when the error signals of the samples are far from parallel. With a
+    single-logit head all rows that the same samples reach give the same
+    mixture; with same-label samples at initialisation the mixtures vary
+    little from row to row, and two of many rows can agree by chance.
     Raises ValueError for disagreeing shapes, NaN or an all-zero bias gradient.
     Taught in chapter 02.
     """
@@ -158,7 +161,7 @@ def invert_fc(grad_weight: torch.Tensor, grad_bias: torch.Tensor, rtol: float | 
     if min_agree < 1:
         raise ValueError(f"min_agree must be at least 1, got {min_agree}")
     if agree_tol is None:
-        agree_tol = 1e-6 if gw.dtype == torch.float64 else 1e-2
+        agree_tol = 1e-10 if gw.dtype == torch.float64 else 1e-5
     usable = _usable_rows(gb, rtol)
     rows = torch.nonzero(usable).flatten()
     ratios = gw[rows] / gb[rows, None]
