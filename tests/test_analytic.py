@@ -4,7 +4,8 @@ import torch
 from torch import nn
 
 import leakbook as lb
-from leakbook.attacks import invert_fc, last_layer_deltas, solve_fc_inputs
+from leakbook.attacks import (invert_fc, last_layer_deltas, solve_fc_inputs,
+                              solve_last_layer_inputs)
 
 F64 = torch.float64
 
@@ -117,8 +118,8 @@ def test_bad_input_gives_clear_errors():
         last_layer_deltas(torch.zeros(2, 3), torch.tensor([0, 3]))
 
 
-def linear_classifier_case(batch, classes=10, seed=0):
-    x, y = lb.data.load("digits", batch, seed=seed, dtype=F64)
+def linear_classifier_case(batch, classes=10, seed=0, labels=None):
+    x, y = lb.data.load("digits", batch, seed=seed, labels=labels, dtype=F64)
     head = nn.Linear(64, classes).double()
     with torch.no_grad():
         gen = torch.Generator().manual_seed(seed)
@@ -168,3 +169,25 @@ def test_every_sample_with_several_isolating_rows_is_certified_once():
     assert len(out.samples) == 2 and min(len(r) for r in out.sample_rows) > 20
     errs = torch.cdist(out.samples, x.flatten(1), compute_mode="donot_use_mm_for_euclid_dist")
     assert errs.min(1).values.max() < 1e-10 * x.flatten(1).norm(dim=1).min()
+
+
+@pytest.mark.parametrize("batch", [1, 5, 9])
+def test_last_layer_inputs_from_labels_and_weights_alone(batch):
+    labels = torch.randperm(10, generator=torch.Generator().manual_seed(batch))[:batch]
+    x, y, net, g = linear_classifier_case(batch, seed=batch, labels=labels)
+    head = net[1]
+    sol = solve_last_layer_inputs(g[0], head.weight, head.bias, y)
+    assert sol.determined and sol.history[-1] < 1e-13
+    assert rel_err(sol.inputs, x) < 1e-10
+
+
+def test_last_layer_solver_reports_the_duplicate_label_trap():
+    # same labels give identical labels-only deltas: the start is rank-deficient
+    x, y, net, g = linear_classifier_case(4, labels=[3, 3, 5, 7])
+    sol = solve_last_layer_inputs(g[0], net[1].weight, net[1].bias, y)
+    assert not sol.determined and sol.rank == 3
+
+
+def test_last_layer_solver_rejects_mismatched_weights():
+    with pytest.raises(ValueError, match="weight has shape"):
+        solve_last_layer_inputs(torch.ones(3, 4), torch.ones(3, 5), None, torch.tensor([0]))

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from .result import Reconstruction
 
 __all__ = ["FCInversion", "FCSystemSolution", "invert_fc", "solve_fc_inputs",
-           "last_layer_deltas"]
+           "last_layer_deltas", "solve_last_layer_inputs"]
 
 
 def _as_float_tensor(t, name: str) -> torch.Tensor:
@@ -188,6 +188,7 @@ class FCSystemSolution:
     singular_values: (min(B, m),) singular values of delta, largest first.
     residual: ||delta^T X - grad_A|| / ||grad_A||.
     determined: rank == B, i.e. the solution is unique.
+    history: for iterative solvers, the relative change of X at each step.
     """
 
     inputs: torch.Tensor
@@ -195,6 +196,7 @@ class FCSystemSolution:
     singular_values: torch.Tensor
     residual: float
     determined: bool
+    history: list[float] = field(default_factory=list)
 
     @property
     def condition(self) -> float:
@@ -267,3 +269,46 @@ def last_layer_deltas(logits: torch.Tensor, labels: torch.Tensor,
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
     d = torch.softmax(z, dim=1) - y
     return d / z.shape[0] if reduction == "mean" else d
+
+
+def solve_last_layer_inputs(grad_weight: torch.Tensor, weight: torch.Tensor,
+                            bias: torch.Tensor | None, labels: torch.Tensor,
+                            steps: int = 100, tol: float = 1e-13) -> FCSystemSolution:
+    """Inputs of a softmax cross-entropy last layer from its gradient, labels and weights.
+
+    The error signals softmax(W x_k + b) - y_k depend on the unknown inputs, so
+    start from the labels-only guess (a uniform softmax), solve the linear
+    system, recompute the deltas from the solution, and repeat until X moves
+    less than ``tol`` (relative). Uses no data, only what the server knows.
+    grad_weight: (C, n) gradient of W (mean loss); weight: (C, n); bias: (C,)
+    or None; labels: (B,) integers. Returns an :class:`FCSystemSolution` whose
+    ``history`` holds the relative change of X per step. At most C - 1 inputs
+    can be determined: every delta sums to zero over the classes. Samples that
+    share a label start with identical deltas and stay identical: the
+    solution is then rank-deficient (``determined`` is False).
+    Taught in chapter 02.
+    """
+    w = _as_float_tensor(weight, "weight")
+    g = _as_float_tensor(grad_weight, "grad_weight")
+    if w.shape != g.shape:
+        raise ValueError(f"weight has shape {tuple(w.shape)} but grad_weight has "
+                         f"{tuple(g.shape)}")
+    b = torch.zeros(w.shape[0], dtype=w.dtype) if bias is None else bias.detach()
+    if b.shape != (w.shape[0],):
+        raise ValueError(f"bias must have shape ({w.shape[0]},), got {tuple(b.shape)}")
+    if not isinstance(labels, torch.Tensor) or labels.dim() != 1:
+        raise ValueError("labels must be a 1-D integer tensor (B,)")
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    logits = torch.zeros(len(labels), w.shape[0], dtype=g.dtype)
+    sol = solve_fc_inputs(g, last_layer_deltas(logits, labels))
+    history: list[float] = []
+    for _ in range(steps):
+        new = solve_fc_inputs(g, last_layer_deltas(sol.inputs @ w.T + b, labels))
+        change = float((new.inputs - sol.inputs).norm() / new.inputs.norm().clamp_min(1e-300))
+        sol = new
+        history.append(change)
+        if change < tol:
+            break
+    sol.history = history
+    return sol
