@@ -1,6 +1,6 @@
 """How many inputs of a batch leak exactly through a ReLU layer's gradient (chapter 02).
 
-    PYTHONPATH=. python benchmarks/fc_isolation.py          # writes chapters/data/fc_isolation.json
+    PYTHONPATH=. python benchmarks/fc_isolation.py  # -> chapters/data/fc_isolation.json
 
 Setting: digits (64 pixels), an MLP 64 -> m (ReLU) -> 10 at its seeded PyTorch
 initialisation, cross-entropy averaged over a batch of B images, float64.
@@ -61,8 +61,9 @@ def trial(width: int, batch: int, seed: int) -> dict:
             "isolating_rows": rows_alone}
 
 
-def isolation_probabilities(batch: int, seed: int, rows: int = FRESH_ROWS) -> torch.Tensor:
-    """q_k (B,): share of fresh random rows (nn.Linear init) that sample k activates alone."""
+def isolation_probabilities(batch: int, seed: int,
+                            rows: int = FRESH_ROWS) -> torch.Tensor:
+    """q_k (B,): share of fresh rows (nn.Linear init) sample k alone switches on."""
     x, _ = lb.data.load("digits", batch, seed=seed, dtype=torch.float64)
     gen = torch.Generator().manual_seed(10**6 + seed)
     bound = 64 ** -0.5
@@ -83,7 +84,8 @@ def main() -> None:
     for bi, b in enumerate(BATCHES):
         qs = [isolation_probabilities(b, t) for t in range(TRIALS)]
         for wi, m in enumerate(WIDTHS):
-            predicted[bi][wi] = float(sum((1 - (1 - q) ** m).sum() for q in qs) / TRIALS)
+            expected = sum((1 - (1 - q) ** m).sum() for q in qs) / TRIALS
+            predicted[bi][wi] = float(expected)
             for t in range(TRIALS):
                 for k, v in trial(m, b, t).items():
                     res[k][bi][wi][t] = v

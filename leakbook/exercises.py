@@ -87,25 +87,28 @@ def _ch02_recover(answer, truth) -> bool:
 
 @register("ch02-ex-rows")
 def _ch02_rows(answer, pre_activations) -> bool:
-    """Rows that isolate one sample: active (u > 0) for exactly one image of the batch."""
+    """Rows that isolate one sample: active (u > 0) for exactly one image."""
     u = torch.as_tensor(pre_activations)
     expected = (u > 0).sum(0) == 1
     try:
         a = torch.as_tensor(answer)
     except (TypeError, ValueError, RuntimeError):
-        return verdict(False, f"Expected a boolean mask, got {type(answer).__name__}.")
+        return verdict(False, f"Expected a boolean mask, got "
+                       f"{type(answer).__name__}.")
     if a.dtype != torch.bool or a.shape != expected.shape:
-        return verdict(False, f"Expected a boolean mask of shape {tuple(expected.shape)}, "
-                       f"got {a.dtype} of shape {tuple(a.shape)}.")
+        return verdict(False, f"Expected a boolean mask of shape "
+                       f"{tuple(expected.shape)}, got {a.dtype} of shape "
+                       f"{tuple(a.shape)}.")
     if torch.equal(a, expected):
         return verdict(True)
-    return verdict(False, f"You marked {int(a.sum())} rows, {int(expected.sum())} isolate "
-                   "a sample: a row isolates one when exactly one image has u > 0 there.")
+    return verdict(False, f"You marked {int(a.sum())} rows, {int(expected.sum())} "
+                   "isolate a sample: a row isolates one when exactly one image has "
+                   "u > 0 there.")
 
 
 @register("ch02-ex-rank")
 def _ch02_rank(answer, batch_sizes, num_classes: int = 10) -> bool:
-    """Ranks of the softmax deltas (B, C) of a C-class linear classifier: min(B, C - 1)."""
+    """Ranks of the softmax deltas (B, C) of a C-class linear model: min(B, C - 1)."""
     expected = [min(int(b), num_classes - 1) for b in batch_sizes]
     got = [int(r) for r in torch.as_tensor(answer).flatten().tolist()]
     if got == expected:

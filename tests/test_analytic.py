@@ -1,4 +1,4 @@
-"""The analytic FC inversion of chapter 02: exact ratios, isolated samples, linear systems."""
+"""Chapter 02's FC inversion: exact ratios, isolated samples, linear systems."""
 import pytest
 import torch
 from torch import nn
@@ -24,8 +24,8 @@ def first_layer_grads(net, x, y):
     ("photos", (128,), 16), ("photos", (300, 100), 32)])
 def test_single_sample_is_recovered_exactly(dataset, widths, size):
     x, y = lb.data.load(dataset, 1, seed=3, size=size, dtype=F64)
-    net = lb.models.build("mlp", in_features=x[0].numel(), widths=widths, num_classes=10,
-                          dtype=F64)
+    net = lb.models.build("mlp", in_features=x[0].numel(), widths=widths,
+                          num_classes=10, dtype=F64)
     gw, gb = first_layer_grads(net, x, y)
     out = invert_fc(gw, gb)
     assert out.single and len(out.samples) == 1
@@ -167,7 +167,8 @@ def test_every_sample_with_several_isolating_rows_is_certified_once():
     gw, gb = first_layer_grads(net, x, y)
     out = invert_fc(gw, gb)
     assert len(out.samples) == 2 and min(len(r) for r in out.sample_rows) > 20
-    errs = torch.cdist(out.samples, x.flatten(1), compute_mode="donot_use_mm_for_euclid_dist")
+    errs = torch.cdist(out.samples, x.flatten(1),
+                       compute_mode="donot_use_mm_for_euclid_dist")
     assert errs.min(1).values.max() < 1e-10 * x.flatten(1).norm(dim=1).min()
 
 
@@ -190,7 +191,8 @@ def test_last_layer_solver_reports_the_duplicate_label_trap():
 
 def test_last_layer_solver_rejects_mismatched_weights():
     with pytest.raises(ValueError, match="weight has shape"):
-        solve_last_layer_inputs(torch.ones(3, 4), torch.ones(3, 5), None, torch.tensor([0]))
+        solve_last_layer_inputs(torch.ones(3, 4), torch.ones(3, 5), None,
+                                torch.tensor([0]))
 
 
 def test_chapter_02_exercise_checks_accept_right_and_reject_wrong_answers(capsys):

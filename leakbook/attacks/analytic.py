@@ -41,7 +41,8 @@ def _check_fc_grads(grad_weight, grad_bias) -> tuple[torch.Tensor, torch.Tensor]
         raise ValueError(f"grad_weight must be (out_features, in_features), got shape "
                          f"{tuple(gw.shape)}")
     if gb.dim() != 1:
-        raise ValueError(f"grad_bias must be (out_features,), got shape {tuple(gb.shape)}")
+        raise ValueError(f"grad_bias must be (out_features,), got shape "
+                         f"{tuple(gb.shape)}")
     if gw.shape[0] != gb.shape[0]:
         raise ValueError(f"grad_weight has {gw.shape[0]} rows but grad_bias has "
                          f"{gb.shape[0]} entries: not the same layer?")
@@ -83,13 +84,13 @@ class FCInversion:
     def to_reconstruction(self, image_shape) -> Reconstruction:
         """The identified samples as a Reconstruction with images (G, *image_shape)."""
         images = self.samples.reshape(len(self.samples), *image_shape)
-        return Reconstruction(images=images, stats={"sample_rows": self.sample_rows,
-                                                    "single": self.single, **self.stats})
+        stats = {"sample_rows": self.sample_rows, "single": self.single, **self.stats}
+        return Reconstruction(images=images, stats=stats)
 
     def __repr__(self) -> str:
-        return (f"FCInversion(usable_rows={len(self.rows)}, skipped={len(self.skipped)}, "
-                f"groups={len(self.groups)}, samples={len(self.samples)}, "
-                f"single={self.single})")
+        return (f"FCInversion(usable_rows={len(self.rows)}, "
+                f"skipped={len(self.skipped)}, groups={len(self.groups)}, "
+                f"samples={len(self.samples)}, single={self.single})")
 
 
 def _usable_rows(gb: torch.Tensor, rtol: float | None) -> torch.Tensor:
@@ -106,7 +107,7 @@ def _usable_rows(gb: torch.Tensor, rtol: float | None) -> torch.Tensor:
 
 
 def _agreeing_groups(ratios: torch.Tensor, tol: float) -> list[list[int]]:
-    """Groups of rows whose ratios lie within ``tol`` (relative) of the group's first row.
+    """Groups of rows whose ratios lie within ``tol`` (relative) of the group's first.
 
     Candidates come from a few seeded random projections (cheap for many rows);
     each candidate is then confirmed on the full vectors.
@@ -134,8 +135,9 @@ def _agreeing_groups(ratios: torch.Tensor, tol: float) -> list[list[int]]:
     return sorted(groups, key=lambda g: (-len(g), g[0]))
 
 
-def invert_fc(grad_weight: torch.Tensor, grad_bias: torch.Tensor, rtol: float | None = None,
-              agree_tol: float | None = None, min_agree: int = 2) -> FCInversion:
+def invert_fc(grad_weight: torch.Tensor, grad_bias: torch.Tensor,
+              rtol: float | None = None, agree_tol: float | None = None,
+              min_agree: int = 2) -> FCInversion:
     """Read the input(s) of an FC layer with bias off its gradient.
 
     grad_weight: (m, n) gradient of the weight A of u = A x + c; grad_bias: (m,).
@@ -173,7 +175,8 @@ def invert_fc(grad_weight: torch.Tensor, grad_bias: torch.Tensor, rtol: float | 
     b_used = gb[rows]
     estimate = (b_used[:, None] * gw[rows]).sum(0) / (b_used ** 2).sum()
     return FCInversion(
-        ratios=ratios, rows=rows, skipped=torch.nonzero(~usable).flatten(), groups=groups,
+        ratios=ratios, rows=rows, skipped=torch.nonzero(~usable).flatten(),
+        groups=groups,
         samples=samples, sample_rows=[[int(rows[k]) for k in g] for g in certified],
         input=estimate, single=len(groups) == 1,
         stats={"rtol": rtol, "agree_tol": agree_tol, "min_agree": min_agree})
@@ -200,7 +203,7 @@ class FCSystemSolution:
 
     @property
     def condition(self) -> float:
-        """sigma_max / sigma_min of delta (inf when rank-deficient): noise amplification."""
+        """sigma_max / sigma_min of delta (inf if rank-deficient): noise gain."""
         s = self.singular_values
         return float(s[0] / s[-1]) if self.determined and s[-1] > 0 else float("inf")
 
@@ -274,7 +277,7 @@ def last_layer_deltas(logits: torch.Tensor, labels: torch.Tensor,
 def solve_last_layer_inputs(grad_weight: torch.Tensor, weight: torch.Tensor,
                             bias: torch.Tensor | None, labels: torch.Tensor,
                             steps: int = 100, tol: float = 1e-13) -> FCSystemSolution:
-    """Inputs of a softmax cross-entropy last layer from its gradient, labels and weights.
+    """Inputs of a softmax cross-entropy last layer from gradient, labels and weights.
 
     The error signals softmax(W x_k + b) - y_k depend on the unknown inputs, so
     start from the labels-only guess (a uniform softmax), solve the linear
@@ -305,7 +308,8 @@ def solve_last_layer_inputs(grad_weight: torch.Tensor, weight: torch.Tensor,
     history: list[float] = []
     for _ in range(steps):
         new = solve_fc_inputs(g, last_layer_deltas(sol.inputs @ w.T + b, labels))
-        change = float((new.inputs - sol.inputs).norm() / new.inputs.norm().clamp_min(1e-300))
+        step = (new.inputs - sol.inputs).norm() / new.inputs.norm().clamp_min(1e-300)
+        change = float(step)
         sol = new
         history.append(change)
         if change < tol:
