@@ -86,6 +86,64 @@ def _ch01_recover(answer, secret) -> bool:
 # --- chapter 02 -------------------------------------------------------------
 
 
+@register("ch02-ex-recover")
+def _ch02_recover(answer, truth) -> bool:
+    """An image recovered from one sample's first-layer gradient, vs the truth."""
+    truth = torch.as_tensor(truth, dtype=torch.float64)
+    try:
+        a = torch.as_tensor(answer, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        return verdict(False, f"Expected a tensor, got {type(answer).__name__}.")
+    if a.numel() != truth.numel():
+        return verdict(False, f"Expected {truth.numel()} pixels (shape "
+                       f"{tuple(truth.shape)}), got shape {tuple(a.shape)}.")
+    a, t = a.flatten(), truth.flatten()
+    if not torch.isfinite(a).all():
+        return verdict(False, "Your answer has NaN or inf: did you divide by a zero "
+                       "bias gradient? Keep only rows with a non-zero one.")
+    cos = float(a @ t / (a.norm() * t.norm()).clamp_min(1e-300))
+    if (a - t).norm() <= 1e-6 * t.norm():
+        return verdict(True)
+    if abs(cos) > 1 - 1e-9:
+        return verdict(False, "Right direction, wrong scale (or sign): divide a row "
+                       "of the weight gradient by the same row's bias gradient.")
+    return verdict(False, "Not the image: use a row i with grad_bias[i] != 0 and "
+                   "compute grad_weight[i] / grad_bias[i].")
+
+
+@register("ch02-ex-rows")
+def _ch02_rows(answer, pre_activations) -> bool:
+    """Rows that isolate one sample: active (u > 0) for exactly one image."""
+    u = torch.as_tensor(pre_activations)
+    expected = (u > 0).sum(0) == 1
+    try:
+        a = torch.as_tensor(answer)
+    except (TypeError, ValueError, RuntimeError):
+        return verdict(False, f"Expected a boolean mask, got "
+                       f"{type(answer).__name__}.")
+    if a.dtype != torch.bool or a.shape != expected.shape:
+        return verdict(False, f"Expected a boolean mask of shape "
+                       f"{tuple(expected.shape)}, got {a.dtype} of shape "
+                       f"{tuple(a.shape)}.")
+    if torch.equal(a, expected):
+        return verdict(True)
+    return verdict(False, f"You marked {int(a.sum())} rows, {int(expected.sum())} "
+                   "isolate a sample: a row isolates one when exactly one image has "
+                   "u > 0 there.")
+
+
+@register("ch02-ex-rank")
+def _ch02_rank(answer, batch_sizes, num_classes: int = 10) -> bool:
+    """Ranks of the softmax deltas (B, C) of a C-class linear model: min(B, C - 1)."""
+    expected = [min(int(b), num_classes - 1) for b in batch_sizes]
+    got = [int(r) for r in torch.as_tensor(answer).flatten().tolist()]
+    if got == expected:
+        return verdict(True)
+    return verdict(False, f"Expected {len(expected)} ranks. Hint: each delta "
+                   "softmax(z) - y sums to zero over the classes; how many "
+                   "independent directions does that leave?")
+
+
 # --- chapter 03 -------------------------------------------------------------
 
 

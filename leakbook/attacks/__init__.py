@@ -5,3 +5,11 @@ Every image attack returns a :class:`Reconstruction`.
 from .result import Reconstruction
 
 __all__ = ["Reconstruction"]
+
+# chapter 02: the analytic inversion of an FC layer
+from . import analytic  # noqa: E402
+from .analytic import (invert_fc, last_layer_deltas, solve_fc_inputs,  # noqa: E402
+                       solve_last_layer_inputs)
+
+__all__ += ["analytic", "invert_fc", "last_layer_deltas", "solve_fc_inputs",
+            "solve_last_layer_inputs"]
