@@ -66,3 +66,14 @@ def test_cited_keys_exist_in_references_bib():
     cited = {k.strip() for s in sources for group in re.findall(r"\{(?:foot)?cite[:a-z]*\}`([^`]+)`", s)
              for k in group.split(",")}
     assert cited and cited <= keys, f"cited but not in references.bib: {cited - keys}"
+
+
+def test_headings_carry_no_hand_made_numbers():
+    """Jupyter Book numbers sections itself; '## 2.1 Title' would show '2.1. 2.1 Title'."""
+    import re
+    for nb_path in sorted((ROOT / "chapters").glob("*.ipynb")):
+        for cell in json.loads(nb_path.read_text())["cells"]:
+            if cell["cell_type"] == "markdown":
+                src = "".join(cell["source"])
+                bad = re.findall(r"(?m)^#{1,6}\s+\d+(?:\.\d+)*\.?\s", src)
+                assert not bad, f"{nb_path.name}: numbered heading {bad}"
