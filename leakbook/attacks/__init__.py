@@ -2,6 +2,7 @@
 
 Every image attack returns a :class:`Reconstruction`.
 """
+from . import labels
 from .result import Reconstruction
 
-__all__ = ["Reconstruction"]
+__all__ = ["Reconstruction", "labels"]

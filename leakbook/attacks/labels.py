@@ -315,3 +315,42 @@ def _geng(model, gw, gb, batch_size, softmax_mean, feature_sum, dummies, input_s
     mean, cov = class_moments(stats, use_bias=gb is not None)
     signal = gb if gb is not None else gw.sum(1)
     return refine_counts(signal, batch_size, mean, cov, start)
+
+
+# --- batches for experiments -------------------------------------------------
+
+def draw_labels(batch_size: int, num_classes: int = 10, duplicate_share: float = 0.0,
+                seed: int = 0) -> torch.Tensor:
+    """Labels (B,) for an experiment: a share of the batch from one class, the rest random.
+
+    ``duplicate_share`` = 0 gives i.i.d. uniform labels; 0.5 puts half the
+    batch in one random class. ``duplicate_share=None`` asks for unique
+    labels (needs B <= num_classes).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    if duplicate_share is None:
+        if batch_size > num_classes:
+            raise ValueError(f"{batch_size} unique labels need at least that many classes, "
+                             f"got {num_classes}")
+        return torch.randperm(num_classes, generator=gen)[:batch_size]
+    if not 0.0 <= duplicate_share <= 1.0:
+        raise ValueError(f"duplicate_share must lie in [0, 1], got {duplicate_share}")
+    dup = round(duplicate_share * batch_size)
+    main = torch.randint(num_classes, (1,), generator=gen)
+    rest = torch.randint(num_classes, (batch_size - dup,), generator=gen)
+    return torch.cat([main.repeat(dup), rest])
+
+
+def sample_batch(x: torch.Tensor, y: torch.Tensor, labels, seed: int = 0):
+    """Distinct samples of a pool x (N, ...), y (N,) with the wanted labels (B,)."""
+    labels = torch.as_tensor(labels, dtype=torch.long).flatten()
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.empty(len(labels), dtype=torch.long)
+    for lab in labels.unique().tolist():
+        slots = (labels == lab).nonzero().flatten()
+        cands = (y == lab).nonzero().flatten()
+        if len(cands) < len(slots):
+            raise ValueError(f"the pool has {len(cands)} samples of label {lab}, "
+                             f"asked for {len(slots)}")
+        idx[slots] = cands[torch.randperm(len(cands), generator=gen)[:len(slots)]]
+    return x[idx], y[idx]
