@@ -167,3 +167,28 @@ def test_train_classifier_learns_and_is_seeded(digits):
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
     with pytest.raises(ValueError, match="positive"):
         train_classifier(a, xt, yt, epochs=0)
+
+
+def test_count_lower_bounds_hold(digits):
+    x, y = digits["pool"]
+    model = models.build("mlp", seed=3, widths=(100,), activation="tanh")
+    train_classifier(model, *digits["train"], epochs=3, seed=3)
+    for seed in range(5):
+        xb, yb = L.sample_batch(x, y, L.draw_labels(16, 10, 0.5, seed=seed), seed=seed)
+        _, gb = L.last_layer_grads(model, _grads(model, xb, yb))
+        low = L.count_lower_bounds(gb, 16)
+        assert (low <= torch.bincount(yb, minlength=10)).all() and low.sum() >= 1
+
+
+def test_chapter_03_exercise_checks():
+    from leakbook import exercises
+    gb = torch.tensor([0.2, -0.5, 0.3])
+    assert exercises.check("ch03-ex-idlg", 1, gb)
+    assert not exercises.check("ch03-ex-idlg", 0, gb)
+    assert not exercises.check("ch03-ex-idlg", [1, 2], gb)
+    p = torch.tensor([0.3, 0.3, 0.4])
+    gb = p - torch.tensor([1.0, 3.0, 0.0]) / 4  # counts 1, 3, 0 in a batch of 4
+    assert exercises.check("ch03-ex-counts", torch.tensor([1.0, 3.0, 0.0]), gb, p, 4)
+    assert not exercises.check("ch03-ex-counts", torch.tensor([2.0, 2.0, 0.0]), gb, p, 4)
+    assert exercises.check("ch03-ex-tolerance", 1 / 128, 64)
+    assert not exercises.check("ch03-ex-tolerance", 1 / 64, 64)

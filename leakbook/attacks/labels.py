@@ -208,8 +208,20 @@ def class_moments(stats: dict, use_bias: bool = True) -> tuple[torch.Tensor, tor
     return mean, cov
 
 
+def count_lower_bounds(gb: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Counts every class must reach, from the bias gradient alone: (C,) int64.
+
+    The softmax mean is non-negative, so n_i = B (p_mean_i - dL/db_i) >= -B dL/db_i:
+    a class with a negative bias gradient is in the batch, at least
+    ceil(-B dL/db_i) times. This holds for any network and any training stage.
+    """
+    low = torch.ceil(-batch_size * gb - 1e-6).clamp(min=0).long()
+    return low if low.sum() <= batch_size else (gb < 0).long()
+
+
 def refine_counts(signal: torch.Tensor, batch_size: int, mean: torch.Tensor,
-                  cov: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+                  cov: torch.Tensor, start: torch.Tensor,
+                  lower: torch.Tensor | None = None) -> torch.Tensor:
     """This book's refinement for trained networks: the most probable counts.
 
     The batch signal B * dL/db (or B * row sums of dL/dW) is a sum of one
@@ -217,7 +229,8 @@ def refine_counts(signal: torch.Tensor, batch_size: int, mean: torch.Tensor,
     refined with the counts instead of fixed in advance) and covariance
     sum_c n_c S_c (mean, cov from :func:`class_moments`). Maximise the
     Gaussian log-likelihood plus a uniform multinomial prior over counts
-    that sum to B, moving one label at a time from ``start`` (B,).
+    that sum to B, moving one label at a time from ``start`` (B,) and
+    never below ``lower`` (C,) counts (see :func:`count_lower_bounds`).
     Returns (B,).
     """
     num_classes = len(signal)
@@ -232,12 +245,17 @@ def refine_counts(signal: torch.Tensor, batch_size: int, mean: torch.Tensor,
         prior = -sum(math.lgamma(k + 1) for k in n)
         return -0.5 * r @ np.linalg.solve(var, r) - 0.5 * np.linalg.slogdet(var)[1] + prior
 
-    n = torch.bincount(start, minlength=num_classes).double().numpy()
+    low = np.zeros(num_classes) if lower is None else lower.double().numpy()
+    if low.sum() > batch_size:
+        raise ValueError(f"lower bounds ask for {int(low.sum())} labels, more than B")
+    n = np.maximum(torch.bincount(start, minlength=num_classes).double().numpy(), low)
+    while n.sum() > batch_size:  # take surplus labels from the largest excess
+        n[np.argmax(n - low)] -= 1
     best, improved = score(n), True
     while improved:
         improved = False
         for i, j in itertools.permutations(range(num_classes), 2):
-            if n[i] < 1:
+            if n[i] < low[i] + 1:
                 continue
             trial = n.copy()
             trial[i] -= 1
@@ -314,7 +332,8 @@ def _geng(model, gw, gb, batch_size, softmax_mean, feature_sum, dummies, input_s
         return start
     mean, cov = class_moments(stats, use_bias=gb is not None)
     signal = gb if gb is not None else gw.sum(1)
-    return refine_counts(signal, batch_size, mean, cov, start)
+    lower = None if gb is None else count_lower_bounds(gb, batch_size)
+    return refine_counts(signal, batch_size, mean, cov, start, lower)
 
 
 # --- batches for experiments -------------------------------------------------
