@@ -24,7 +24,8 @@ from leakbook import data, fl, metrics, models
 from leakbook.attacks import labels as L
 from leakbook.train import accuracy, train_classifier
 
-OUT = pathlib.Path(__file__).resolve().parent.parent / "chapters" / "data" / "labels_bench.json"
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+OUT = ROOT / "chapters" / "data" / "labels_bench.json"
 BATCH_SIZES = [1, 2, 4, 8, 10, 16, 32, 64, 128]
 MODES = {"unique": None, "random": 0.0, "heavy": 0.5}
 #: name -> (zoo name, build keywords)
@@ -40,7 +41,7 @@ TRAIN = {"epochs": 10, "lr": 1e-2}
 
 
 def split():
-    """The fixed split of the digits: training, attacker's held-out dummies, client pool."""
+    """The fixed split of the digits: training, attacker's dummies, client pool."""
     x, y = data.load("digits", 1797, seed=0)
     return (x[:700], y[:700]), x[700:900], (x[900:], y[900:])
 
@@ -66,7 +67,8 @@ def methods(model, grads, batch_size, x_batch, heldout):
         p_true = model(x_batch).softmax(-1).mean(0)
     out["geng_true"] = L.recover(model, grads, batch_size, "geng", softmax_mean=p_true)
     out["geng_heldout"] = L.recover(model, grads, batch_size, "geng", dummies=heldout)
-    out["geng_noise"] = L.recover(model, grads, batch_size, "geng", input_shape=(1, 8, 8))
+    out["geng_noise"] = L.recover(model, grads, batch_size, "geng",
+                                  input_shape=(1, 8, 8))
     out["geng_heldout_nobias"] = L.recover(model, grads, batch_size, "geng",
                                            dummies=heldout, use_bias=False)
     out["geng_refined"] = L.recover(model, grads, batch_size, "geng", dummies=heldout,
@@ -99,11 +101,26 @@ def run(trials: int) -> dict:
             for (mode, b, m), s in scores.items():
                 rows.append({"network": name, "stage": stage, "mode": mode,
                              "batch_size": b, "method": m, "accuracy": sum(s) / len(s),
-                             "min": min(s), "exact": sum(v == 1.0 for v in s) / len(s),
-                             "trials": len(s)})
-            print(f"{name:14s} {stage:9s} test accuracy {model_acc[f'{name}/{stage}']:.3f}",
+                             "min": min(s), "exact": sum(v == 1.0 for v in s) / len(s)})
+            key = f"{name}/{stage}"
+            print(f"{name:14s} {stage:9s} test accuracy {model_acc[key]:.3f}",
                   flush=True)
     return {"rows": rows, "model_accuracy": model_acc}
+
+
+COLUMNS = ["network", "stage", "mode", "batch_size", "method", "accuracy", "min",
+           "exact"]
+
+
+def dump(result: dict) -> str:
+    """Compact JSON: rows as lists (see ``columns``), 4 decimals, one row a line."""
+    rows = [[round(r[c], 4) if isinstance(r[c], float) else r[c] for c in COLUMNS]
+            for r in result["rows"]]
+    body = ",\n".join(json.dumps(r, separators=(",", ":")) for r in rows)
+    rest = {k: v for k, v in result.items() if k != "rows"}
+    rest["model_accuracy"] = {k: round(v, 4) for k, v in rest["model_accuracy"].items()}
+    rest["columns"] = COLUMNS
+    return '{"rows": [\n' + body + "\n],\n" + json.dumps(rest, indent=1)[1:] + "\n"
 
 
 def main():
@@ -118,13 +135,14 @@ def main():
         "command": "PYTHONPATH=. python benchmarks/labels.py",
         "trials": args.trials, "batch_sizes": BATCH_SIZES, "modes": MODES,
         "networks": {k: [v[0], {a: list(b) if isinstance(b, tuple) else b
-                                for a, b in v[1].items()}] for k, v in NETWORKS.items()},
+                                for a, b in v[1].items()}]
+                     for k, v in NETWORKS.items()},
         "train": TRAIN, "split": {"train": 700, "heldout": 200, "pool": 897},
         "noise_dummies": 256, "seconds": round(time.time() - start, 1),
         "torch": torch.__version__, "python": platform.python_version(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+    args.out.write_text(dump(result))
     print(f"wrote {args.out} in {result['meta']['seconds']} s")
 
 

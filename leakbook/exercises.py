@@ -70,7 +70,8 @@ def _ch03_idlg(answer, grad_bias) -> bool:
     try:
         a = torch.as_tensor(answer)
     except (TypeError, ValueError, RuntimeError):
-        return verdict(False, f"Expected one integer label, got {type(answer).__name__}.")
+        kind = type(answer).__name__
+        return verdict(False, f"Expected one integer label, got {kind}.")
     got = int(a.flatten()[0]) if a.numel() == 1 else None
     return verdict(got == expected, "Which entry of the bias gradient is p_c - 1 < 0?")
 
@@ -87,9 +88,10 @@ def _ch03_counts(answer, grad_bias, softmax_mean, batch_size) -> bool:
 
 @register("ch03-ex-tolerance")
 def _ch03_tolerance(answer, batch_size) -> bool:
-    """The largest error of the softmax-mean estimate that rounding always forgives."""
+    """The largest error of a softmax-mean estimate that rounding always forgives."""
     return close(answer, 1 / (2 * batch_size), rtol=1e-3,
-                 hint="Rounding B (p_hat - dL/db) is exact while B |p_hat - p_mean| < 1/2.")
+                 hint="Rounding B (p_hat - dL/db) is exact while "
+                      "B |p_hat - p_mean| < 1/2.")
 
 
 # --- chapters 04-05 ---------------------------------------------------------

@@ -453,7 +453,7 @@ assert all(e2 > e1 for _, _, e1, e2 in rows)             # noise is worse
 
 # %%
 bench = json.loads(pathlib.Path("data/labels_bench.json").read_text())
-ROWS = bench["rows"]
+ROWS = [dict(zip(bench["columns"], row)) for row in bench["rows"]]
 print(bench["meta"]["command"], "|", bench["meta"]["trials"], "trials |",
       bench["meta"]["seconds"], "s")
 

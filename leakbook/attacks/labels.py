@@ -51,13 +51,14 @@ def last_linear(model: nn.Module) -> nn.Linear:
     if not layers:
         raise ValueError("the model has no parameters")
     if not isinstance(layers[-1], nn.Linear):
-        raise TypeError(f"the last layer with parameters is {type(layers[-1]).__name__}, "
+        kind = type(layers[-1]).__name__
+        raise TypeError(f"the last layer with parameters is {kind}, "
                         "not Linear: label rules need a fully connected last layer")
     return layers[-1]
 
 
-def last_layer_grads(model: nn.Module, grads) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The last layer's weight gradient (C, n) and bias gradient (C,) or None, in float64."""
+def last_layer_grads(model: nn.Module, grads):
+    """Last-layer weight gradient (C, n) and bias gradient (C,) or None, in float64."""
     grads = check_grads(model, grads)
     layer = last_linear(model)
     index = {id(p): i for i, p in enumerate(model.parameters())}
@@ -142,11 +143,13 @@ def geng(gw: torch.Tensor, gb: torch.Tensor | None, batch_size: int,
     """
     p = torch.as_tensor(softmax_mean, dtype=torch.float64)
     if p.shape != gw.shape[:1]:
-        raise ValueError(f"softmax_mean has shape {tuple(p.shape)}, expected ({gw.shape[0]},)")
+        raise ValueError(f"softmax_mean has shape {tuple(p.shape)}, "
+                         f"expected ({gw.shape[0]},)")
     if gb is not None:
         return counts_to_labels(batch_size * (p - gb), batch_size)
     if feature_sum is None or not abs(feature_sum) > 1e-12:
-        raise ValueError("the no-bias variant needs a non-zero feature_sum (mean of sum_j h_j)")
+        raise ValueError("the no-bias variant needs a non-zero feature_sum "
+                         "(the mean of sum_j h_j)")
     return counts_to_labels(batch_size * (p - gw.sum(1) / feature_sum), batch_size)
 
 
@@ -181,7 +184,7 @@ def dummy_stats(model: nn.Module, dummies: torch.Tensor) -> dict:
             "feature_sum": float(feats.sum(1).mean())}
 
 
-def class_moments(stats: dict, use_bias: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def class_moments(stats: dict, use_bias: bool = True):
     """Per-class mean (C, C) and covariance (C, C, C) of one sample's gradient signal.
 
     The signal of a sample of class c is its bias gradient p - e_c (with
@@ -194,9 +197,9 @@ def class_moments(stats: dict, use_bias: bool = True) -> tuple[torch.Tensor, tor
     probs = stats["probs"]
     num_classes = probs.shape[1]
     weight = 1.0 if use_bias else stats["features"].sum(1, keepdim=True)
-    signal = (probs - torch.eye(num_classes, dtype=torch.float64)[probs.argmax(1)]) * weight
     pseudo = probs.argmax(1)
     eye = torch.eye(num_classes, dtype=torch.float64)
+    signal = (probs - eye[pseudo]) * weight
     mean = torch.empty(num_classes, num_classes, dtype=torch.float64)
     cov = torch.empty(num_classes, num_classes, num_classes, dtype=torch.float64)
     for c in range(num_classes):
@@ -243,7 +246,8 @@ def refine_counts(signal: torch.Tensor, batch_size: int, mean: torch.Tensor,
         r = r0 - m @ n
         var = np.tensordot(n, s, 1) + fixed
         prior = -sum(math.lgamma(k + 1) for k in n)
-        return -0.5 * r @ np.linalg.solve(var, r) - 0.5 * np.linalg.slogdet(var)[1] + prior
+        fit = -0.5 * r @ np.linalg.solve(var, r) - 0.5 * np.linalg.slogdet(var)[1]
+        return fit + prior
 
     low = np.zeros(num_classes) if lower is None else lower.double().numpy()
     if low.sum() > batch_size:
@@ -263,15 +267,17 @@ def refine_counts(signal: torch.Tensor, batch_size: int, mean: torch.Tensor,
             value = score(trial)
             if value > best + 1e-9:
                 n, best, improved = trial, value, True
-    return _sorted(torch.repeat_interleave(torch.arange(num_classes), torch.as_tensor(n).long()))
+    counts = torch.as_tensor(n).long()
+    return _sorted(torch.repeat_interleave(torch.arange(num_classes), counts))
 
 
 # --- the entry point ---------------------------------------------------------
 
 def recover(model: nn.Module, grads, batch_size: int, method: str = "idlg", *,
             use_bias: bool = True, softmax_mean=None, feature_sum: float | None = None,
-            dummies: torch.Tensor | None = None, input_shape=None, num_dummies: int = 256,
-            seed: int = 0, refine: bool = False) -> torch.Tensor:
+            dummies: torch.Tensor | None = None, input_shape=None,
+            num_dummies: int = 256, seed: int = 0,
+            refine: bool = False) -> torch.Tensor:
     """Recover the labels of the batch behind a shared gradient; sorted (B,) int64.
 
     model: the known model (last layer ``nn.Linear``); grads: the shared
@@ -284,6 +290,7 @@ def recover(model: nn.Module, grads, batch_size: int, method: str = "idlg", *,
     model, or from ``num_dummies`` uniform-noise images of ``input_shape``
     (C, H, W) drawn from ``seed``. ``refine=True`` then moves labels to the
     most probable counts under per-class dummy statistics (:func:`refine_counts`).
+    Taught in chapter 03.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
@@ -295,13 +302,16 @@ def recover(model: nn.Module, grads, batch_size: int, method: str = "idlg", *,
     if not use_bias:
         gb = None
     elif gb is None and method in ("idlg", "geng"):
-        raise ValueError("use_bias=True but the last layer has no bias; pass use_bias=False")
+        raise ValueError("use_bias=True but the last layer has no bias; "
+                         "pass use_bias=False")
     if not (gw.abs().sum() > 0):
-        raise ValueError("the last layer's gradient is zero: it carries no label information")
+        raise ValueError("the last layer's gradient is zero: "
+                         "it carries no label information")
     num_classes = gw.shape[0]
     if method == "idlg":
         if batch_size != 1:
-            raise ValueError(f"idlg reads one label: batch_size must be 1, got {batch_size}")
+            raise ValueError(f"idlg reads one label: batch_size must be 1, "
+                             f"got {batch_size}")
         return idlg(gw, gb)
     if method == "yin":
         if batch_size > num_classes:
@@ -340,7 +350,7 @@ def _geng(model, gw, gb, batch_size, softmax_mean, feature_sum, dummies, input_s
 
 def draw_labels(batch_size: int, num_classes: int = 10, duplicate_share: float = 0.0,
                 seed: int = 0) -> torch.Tensor:
-    """Labels (B,) for an experiment: a share of the batch from one class, the rest random.
+    """Labels (B,) for experiments: a share of the batch in one class, the rest random.
 
     ``duplicate_share`` = 0 gives i.i.d. uniform labels; 0.5 puts half the
     batch in one random class. ``duplicate_share=None`` asks for unique
@@ -349,8 +359,8 @@ def draw_labels(batch_size: int, num_classes: int = 10, duplicate_share: float =
     gen = torch.Generator().manual_seed(seed)
     if duplicate_share is None:
         if batch_size > num_classes:
-            raise ValueError(f"{batch_size} unique labels need at least that many classes, "
-                             f"got {num_classes}")
+            raise ValueError(f"{batch_size} unique labels need at least that many "
+                             f"classes, got {num_classes}")
         return torch.randperm(num_classes, generator=gen)[:batch_size]
     if not 0.0 <= duplicate_share <= 1.0:
         raise ValueError(f"duplicate_share must lie in [0, 1], got {duplicate_share}")
