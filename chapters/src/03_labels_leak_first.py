@@ -565,7 +565,10 @@ plt.show()
 #   assumes one feature sum $\hat O$ for every sample.
 # - **Trained networks break every zero-shot estimate**: the oracle (true
 #   $\bar p$) still gives 100 %, so the identity holds, but $\hat p$ is now
-#   wrong. The next section explains why.
+#   wrong. The next section explains why. The rules that only read
+#   *signs* survive training: iDLG stays exact at $B=1$, and Yin's rule
+#   degrades much less at small batches, because a present class still
+#   has the most negative row even when the sizes no longer add up.
 
 # %%
 r64 = {m: acc("relu", "untrained", "heavy", m, 64, key="exact")
@@ -763,7 +766,7 @@ assert max(summary[m]["geng_refined"] for m in summary) < 0.9
 # trained networks overall, clearly with duplicates and at small batches
 # (where the lower bounds alone often pin the labels down), but it is
 # still far from the oracle's 100 %, and on large batches with i.i.d.
-# labels it is no better than zero-shot, whose "about $B/C$ per class"
+# labels it is slightly worse than zero-shot, whose "about $B/C$ per class"
 # guess happens to fit such batches. The ceiling is the second point
 # above: confidently classified samples are nearly invisible in the
 # gradient, so their number can only be guessed from the prior. Labels
