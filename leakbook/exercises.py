@@ -147,6 +147,37 @@ def _ch02_rank(answer, batch_sizes, num_classes: int = 10) -> bool:
 # --- chapter 03 -------------------------------------------------------------
 
 
+@register("ch03-ex-idlg")
+def _ch03_idlg(answer, grad_bias) -> bool:
+    """The label of one sample from its bias gradient (C,): the one negative entry."""
+    expected = int(torch.as_tensor(grad_bias).argmin())
+    try:
+        a = torch.as_tensor(answer)
+    except (TypeError, ValueError, RuntimeError):
+        kind = type(answer).__name__
+        return verdict(False, f"Expected one integer label, got {kind}.")
+    got = int(a.flatten()[0]) if a.numel() == 1 else None
+    return verdict(got == expected, "Which entry of the bias gradient is p_c - 1 < 0?")
+
+
+@register("ch03-ex-counts")
+def _ch03_counts(answer, grad_bias, softmax_mean, batch_size) -> bool:
+    """Class counts (C,) from the bias gradient and the true softmax mean."""
+    g = torch.as_tensor(grad_bias, dtype=torch.float64)
+    p = torch.as_tensor(softmax_mean, dtype=torch.float64)
+    expected = (batch_size * (p - g)).round()
+    return close(answer, expected, atol=1e-6,
+                 hint="Counts are n = B (p_mean - dL/db), rounded to integers.")
+
+
+@register("ch03-ex-tolerance")
+def _ch03_tolerance(answer, batch_size) -> bool:
+    """The largest error of a softmax-mean estimate that rounding always forgives."""
+    return close(answer, 1 / (2 * batch_size), rtol=1e-3,
+                 hint="Rounding B (p_hat - dL/db) is exact while "
+                      "B |p_hat - p_mean| < 1/2.")
+
+
 # --- chapters 04-05 ---------------------------------------------------------
 
 

@@ -1,15 +1,15 @@
-"""Attacks on shared gradients; each chapter adds its own module.
+"""Attacks on shared gradients, one module per idea.
 
 Every image attack returns a :class:`Reconstruction`.
+
+- ``analytic``: the input of a fully connected layer from its gradient (ch. 02)
+- ``labels``: the labels of a batch from the last layer's gradient (ch. 03)
+- ``linear_systems``: convolutions as forward and gradient matrices (ch. 07-08)
 """
+from . import analytic, labels, linear_systems
+from .analytic import (invert_fc, last_layer_deltas, solve_fc_inputs,
+                       solve_last_layer_inputs)
 from .result import Reconstruction
 
-__all__ = ["Reconstruction"]
-
-# chapter 02: the analytic inversion of an FC layer
-from . import analytic  # noqa: E402
-from .analytic import (invert_fc, last_layer_deltas, solve_fc_inputs,  # noqa: E402
-                       solve_last_layer_inputs)
-
-__all__ += ["analytic", "invert_fc", "last_layer_deltas", "solve_fc_inputs",
-            "solve_last_layer_inputs"]
+__all__ = ["Reconstruction", "analytic", "labels", "linear_systems", "invert_fc",
+           "last_layer_deltas", "solve_fc_inputs", "solve_last_layer_inputs"]
