@@ -154,10 +154,10 @@ def shared(model, x, y, loss="ce"):
 # --- sections ----------------------------------------------------------------
 
 
-def speed(quick):
+def speed(quick, photos=3):
     """The published DLG loop against ours, side by side, on 32x32 photos."""
     rows = []
-    for s in range(1 if quick else 3):
+    for s in range(1 if quick else photos):
         model = lenet()
         x, y = lb.data.load("photos", 1, seed=s)
         g = shared(model, x, y)
@@ -191,57 +191,57 @@ def reliability(quick):
     return rows
 
 
-def variations(quick):
-    """Controlled failures of DLG (as iDLG, label first) on one 32x32 photo."""
-    x, y = lb.data.load("photos", 1, seed=0)
-    it = 100 if quick else 1500
+def variations(quick, size=32, iters=1500):
+    """Controlled failures of DLG (as iDLG, label first) on one photo."""
+    x, y = lb.data.load("photos", 1, seed=0, size=size)
+    it = 100 if quick else iters
     cases = {}
 
     def attack(name, client, attacker=None, loss="ce", **kw):
         g = shared(client, x, y, loss=loss)
         attacker = attacker or client
         r = run("idlg", attacker, x, y, g, max_iter=it, keep_images=True, **kw)
-        ig = run("ig", attacker, x, y, g, iterations=200 if quick else 1500,
+        ig = run("ig", attacker, x, y, g, iterations=200 if quick else iters,
                  regularizers={"tv": 1e-3}, keep_images=True)
         cases[name] = {"dlg": r, "ig": ig}
         print(f"variation {name}: DLG {r['psnr']} dB, IG {ig['psnr']} dB", flush=True)
 
-    attack("sigmoid, U(-0.5, 0.5) (DLG's setting)", lenet())
-    attack("ReLU instead of sigmoid", lenet("relu"))
+    attack("sigmoid, U(-0.5, 0.5) (DLG's setting)", lenet(size=size))
+    attack("ReLU instead of sigmoid", lenet("relu", size=size))
     for sc in (0.1, 0.3, 3.0):
-        attack(f"initial weights x{sc}", lenet(scale=sc))
-    trained, acc = train_briefly(lenet(), steps=20 if quick else 300)
+        attack(f"initial weights x{sc}", lenet(scale=sc, size=size))
+    trained, acc = train_briefly(lenet(size=size), steps=20 if quick else 300, size=size)
     attack("trained model", trained)
     cases["trained model"]["train_accuracy"] = acc
-    client = lenet(dropout=0.3)
+    client = lenet(dropout=0.3, size=size)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(7)  # the client's dropout mask, unknown to the attacker
         g = shared(client, x, y)
-    attacker = lenet(dropout=0.3).eval()
+    attacker = lenet(dropout=0.3, size=size).eval()
     r = run("idlg", attacker, x, y, g, max_iter=it, keep_images=True)
-    ig = run("ig", attacker, x, y, g, iterations=200 if quick else 1500,
+    ig = run("ig", attacker, x, y, g, iterations=200 if quick else iters,
              regularizers={"tv": 1e-3}, keep_images=True)
     cases["dropout on at the client"] = {"dlg": r, "ig": ig}
     print(f"variation dropout: DLG {r['psnr']} dB, IG {ig['psnr']} dB", flush=True)
-    attack("client loss 0.5 CE, attacker CE", lenet(),
+    attack("client loss 0.5 CE, attacker CE", lenet(size=size),
            loss=lambda out, t: 0.5 * F.cross_entropy(out, t))
-    return {"truth": as_uint8(x), "cases": cases}
+    return {"truth": as_uint8(x), "cases": cases, "size": size, "iterations": it}
 
 
-def batches(quick):
-    """DLG and IG on batches of 32x32 photos; IG quality against batch size."""
+def batches(quick, size=32, iters=1500):
+    """DLG and IG on batches of photos; quality against batch size."""
     rows = []
     sizes = (1, 2) if quick else (1, 2, 4, 8)
+    it = 100 if quick else iters
     for b in sizes:
-        x, y = lb.data.load("photos", 0, seed=300 + b, labels=list(range(b)))
-        model = lenet()
+        x, y = lb.data.load("photos", 0, seed=300 + b, labels=list(range(b)), size=size)
+        model = lenet(size=size)
         g = shared(model, x, y)
-        ig = run("ig", model, x, y, g, iterations=200 if quick else 1500, restarts=2,
-                 regularizers={"tv": 1e-3}, keep_images=b in (1, 4, 8))
-        d = run("dlg", model, x, y, g, labels=y, max_iter=100 if quick else 1500,
-                keep_images=b in (1, 4, 8))
-        dj = run("dlg", model, x, y, g, max_iter=100 if quick else 1500)
-        rows.append({"batch": b, "truth": as_uint8(x) if b in (1, 4, 8) else None,
+        ig = run("ig", model, x, y, g, iterations=it, regularizers={"tv": 1e-3},
+                 keep_images=b in (1, 4, 8))
+        d = run("dlg", model, x, y, g, labels=y, max_iter=it, keep_images=b in (1, 4, 8))
+        dj = run("dlg", model, x, y, g, max_iter=it)
+        rows.append({"batch": b, "size": size, "iterations": it, "truth": as_uint8(x) if b in (1, 4, 8) else None,
                      "ig": ig, "dlg_labels_known": d, "dlg_joint": dj})
         print(f"batch {b}: IG {ig['psnr']} DLG(known) {d['psnr']} DLG(joint) "
               f"{dj['psnr']} label {dj['label_acc']}", flush=True)
@@ -321,6 +321,9 @@ def main():
     ap.add_argument("--quick", action="store_true", help="tiny settings, smoke test")
     ap.add_argument("--only", nargs="*", choices=sorted(SECTIONS), help="sections to run")
     ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--photos", type=int, default=3, help="photos in the speed section")
+    ap.add_argument("--size", type=int, default=32, help="image side in variations, batches")
+    ap.add_argument("--iters", type=int, default=1500, help="iterations there")
     args = ap.parse_args()
     lb.seed_everything(0, threads=1)
     path = Path(args.out)
@@ -328,7 +331,10 @@ def main():
     for name in args.only or SECTIONS:
         t = time.perf_counter()
         load = os.getloadavg()[0]
-        result[name] = SECTIONS[name](args.quick)
+        extra = {"photos": args.photos} if name == "speed" else {}
+        if name in ("variations", "batches"):
+            extra = {"size": args.size, "iters": args.iters}
+        result[name] = SECTIONS[name](args.quick, **extra)
         result.setdefault("seconds", {})[name] = round(time.perf_counter() - t, 1)
         result.setdefault("load_average", {})[name] = [round(load, 2),
                                                        round(os.getloadavg()[0], 2)]

@@ -202,12 +202,13 @@ def lbfgs(fun: Callable, z0: torch.Tensor, max_iter: int = 500, history: int = 1
 def _dlg_objective(net, target, shape, labels, num_classes, loss):
     """fun(z) -> (distance, grad) with z = [flat images, flat label logits]."""
     n_img = math.prod(shape)
+    dtype = next(net.parameters()).dtype
 
-    def fun(z: torch.Tensor):
+    def fun(z: torch.Tensor):  # z may be float64 (the L-BFGS state) for any dtype
         z = z.detach().requires_grad_(True)
-        x = z[:n_img].view(shape)
+        x = z[:n_img].view(shape).to(dtype)
         y = labels if labels is not None else \
-            F.softmax(z[n_img:].view(shape[0], num_classes), dim=-1)
+            F.softmax(z[n_img:].view(shape[0], num_classes).to(dtype), dim=-1)
         d = gradient_distance(net, x, y, target, "l2", loss)
         (gz,) = torch.autograd.grad(d, z)
         return float(d.detach()), gz.detach()
@@ -262,7 +263,7 @@ def dlg(model: torch.nn.Module, grads, shape, labels=None, *, loss="ce",
     while len(runs) < restarts:
         gen = torch.Generator().manual_seed(seed + trial)
         trial += 1
-        z0 = torch.randn(n_var, generator=gen, dtype=dtype)
+        z0 = torch.randn(n_var, generator=gen, dtype=torch.float64)
         left = None if max_time is None else max_time - (time.perf_counter() - t0)
         run = lbfgs(fun, z0, max_iter, history, rel_tol * scale, max_time=left,
                     callback=cb)
