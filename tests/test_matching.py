@@ -127,3 +127,10 @@ def test_bn_prior_and_statistics():
     rec = inverting_gradients(model, g, tuple(x.shape), y, iterations=5,
                               regularizers={"tv": 1e-3, "bn": 1e-2}, bn_targets=stats)
     assert rec.images.shape == x.shape and torch.isfinite(rec.images).all()
+
+
+def test_dlg_runs_a_float32_model_with_a_float64_search(case):
+    model, x, y, g = case
+    rec = dlg(model, g, tuple(x.shape), labels=y, max_iter=20, dtype=torch.float32)
+    assert rec.images.dtype == torch.float32 and len(rec.loss_history) == 21
+    assert rec.loss_history[-1] < rec.loss_history[0]
