@@ -88,7 +88,8 @@ def reference_dlg(model, grads, shape, num_classes=10, steps=300, seed=0,
 
 def lenet(activation="sigmoid", scale=1.0, dropout=0.0, size=32, seed=0):
     """DLG's LeNet, optionally with weights scaled or dropout before the head."""
-    net = lb.models.build("lenet_dlg", seed=seed, activation=activation, image_size=size)
+    net = lb.models.build("lenet_dlg", seed=seed, activation=activation,
+                          image_size=size)
     with torch.no_grad():
         for p in net.parameters():
             p.mul_(scale)
@@ -136,7 +137,8 @@ def run(attack: str, model, x, y, grads, keep_images=False, every=10, **kw) -> d
     if not torch.isfinite(images).all():
         images = torch.nan_to_num(images, nan=0.5)
     rep = lb.metrics.report(images, x, rec.labels, y)
-    out = {"attack": attack, "psnr": round(rep["psnr"], 2), "ssim": round(rep["ssim"], 4),
+    out = {"attack": attack, "psnr": round(rep["psnr"], 2),
+           "ssim": round(rep["ssim"], 4),
            "label_acc": rep["label_acc"], "wall_time": round(rec.wall_time, 2),
            "iterations": len(rec.loss_history),
            "final_loss": float(rec.loss_history[-1]) if rec.loss_history else None,
@@ -210,7 +212,8 @@ def variations(quick, size=32, iters=1500):
     attack("ReLU instead of sigmoid", lenet("relu", size=size))
     for sc in (0.1, 0.3, 3.0):
         attack(f"initial weights x{sc}", lenet(scale=sc, size=size))
-    trained, acc = train_briefly(lenet(size=size), steps=20 if quick else 300, size=size)
+    trained, acc = train_briefly(lenet(size=size), steps=20 if quick else 300,
+                                 size=size)
     attack("trained model", trained)
     cases["trained model"]["train_accuracy"] = acc
     client = lenet(dropout=0.3, size=size)
@@ -239,9 +242,11 @@ def batches(quick, size=32, iters=1500):
         g = shared(model, x, y)
         ig = run("ig", model, x, y, g, iterations=it, regularizers={"tv": 1e-3},
                  keep_images=b in (1, 4, 8))
-        d = run("dlg", model, x, y, g, labels=y, max_iter=it, keep_images=b in (1, 4, 8))
+        d = run("dlg", model, x, y, g, labels=y, max_iter=it,
+                keep_images=b in (1, 4, 8))
         dj = run("dlg", model, x, y, g, max_iter=it)
-        rows.append({"batch": b, "size": size, "iterations": it, "truth": as_uint8(x) if b in (1, 4, 8) else None,
+        rows.append({"batch": b, "size": size, "iterations": it,
+                     "truth": as_uint8(x) if b in (1, 4, 8) else None,
                      "ig": ig, "dlg_labels_known": d, "dlg_joint": dj})
         print(f"batch {b}: IG {ig['psnr']} DLG(known) {d['psnr']} DLG(joint) "
               f"{dj['psnr']} label {dj['label_acc']}", flush=True)
@@ -280,7 +285,8 @@ def batchnorm(quick):
                         kw["bn_targets"] = batch_stats
                 r = run("ig", att, x, y, g, iterations=it, regularizers=regs,
                         keep_images=True, **kw)
-                name = f"client {client_mode}, attacker {attacker_mode}, BN prior {prior}"
+                name = (f"client {client_mode}, attacker {attacker_mode}, "
+                        f"BN prior {prior}")
                 out["cases"][name] = r
                 print(f"bn {name}: {r['psnr']} dB", flush=True)
     return out
@@ -319,10 +325,12 @@ SECTIONS = {"speed": speed, "reliability": reliability, "variations": variations
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny settings, smoke test")
-    ap.add_argument("--only", nargs="*", choices=sorted(SECTIONS), help="sections to run")
+    ap.add_argument("--only", nargs="*", choices=sorted(SECTIONS),
+                    help="sections to run")
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--photos", type=int, default=3, help="photos in the speed section")
-    ap.add_argument("--size", type=int, default=32, help="image side in variations, batches")
+    ap.add_argument("--size", type=int, default=32,
+                    help="image side in variations, batches")
     ap.add_argument("--iters", type=int, default=1500, help="iterations there")
     args = ap.parse_args()
     lb.seed_everything(0, threads=1)
@@ -338,7 +346,8 @@ def main():
         result.setdefault("seconds", {})[name] = round(time.perf_counter() - t, 1)
         result.setdefault("load_average", {})[name] = [round(load, 2),
                                                        round(os.getloadavg()[0], 2)]
-        result["meta"] = {"torch": torch.__version__, "python": platform.python_version(),
+        result["meta"] = {"torch": torch.__version__,
+                          "python": platform.python_version(),
                           "threads": torch.get_num_threads(), "quick": args.quick,
                           "command": "PYTHONPATH=. python benchmarks/matching.py"}
         path.parent.mkdir(parents=True, exist_ok=True)

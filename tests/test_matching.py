@@ -51,7 +51,7 @@ def test_restarts_ranked_by_gradient_distance_only(case):
     d = rec.stats["run_distances"]
     assert rec.stats["chosen_run"] == int(np.argmin(d)) and len(set(d)) == 3
     net = matching._attack_model(model, torch.float32)
-    again = [float(matching.gradient_distance(net, xi, y, g, "cosine"))
+    again = [float(matching.gradient_distance(net, xi, y, g, "cosine").detach())
              for xi in rec.stats["run_images"]]
     assert np.allclose(again, d, rtol=1e-4)
     rec = dlg(model, g, tuple(x.shape), labels=y, max_iter=15, restarts=3)
@@ -112,7 +112,8 @@ def test_lbfgs_converges_and_flags_divergence():
     def nan(z):
         return math.nan, torch.zeros_like(z)
 
-    assert matching.lbfgs(nan, torch.ones(2, dtype=torch.float64))["status"] == "diverged"
+    run = matching.lbfgs(nan, torch.ones(2, dtype=torch.float64))
+    assert run["status"] == "diverged"
 
 
 def test_bn_prior_and_statistics():
@@ -121,7 +122,8 @@ def test_bn_prior_and_statistics():
     x, y = lb.data.load("photos", 2, seed=0, size=16)
     stats = lb.attacks.matching.batchnorm_statistics(model, x)
     assert len(stats) == 5 and stats[0][0].shape == (16,)
-    ctx = {"bn_seen": lb.attacks.matching.batchnorm_statistics(model, x), "bn_targets": stats}
+    ctx = {"bn_seen": lb.attacks.matching.batchnorm_statistics(model, x),
+           "bn_targets": stats}
     assert float(REGULARIZERS["bn"](x, ctx)) == 0.0
     g = lb.fl.shared_gradients(model, x, y)
     rec = inverting_gradients(model, g, tuple(x.shape), y, iterations=5,

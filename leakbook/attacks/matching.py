@@ -68,7 +68,8 @@ def l2_distance(grads: list[torch.Tensor], target: list[torch.Tensor]) -> torch.
     return sum(((g - t) ** 2).sum() for g, t in zip(grads, target))
 
 
-def cosine_distance(grads: list[torch.Tensor], target: list[torch.Tensor]) -> torch.Tensor:
+def cosine_distance(grads: list[torch.Tensor],
+                    target: list[torch.Tensor]) -> torch.Tensor:
     """Inverting gradients' distance: 1 - cos(g, g*) over all layers concatenated."""
     dot = sum((g * t).sum() for g, t in zip(grads, target))
     norm_g = sum((g * g).sum() for g in grads)
@@ -273,8 +274,8 @@ def dlg(model: torch.nn.Module, grads, shape, labels=None, *, loss="ce",
             failures += 1
             continue
         runs.append(run)
-    best = min(range(len(runs)), key=lambda i: runs[i]["f"] if math.isfinite(runs[i]["f"])
-               else math.inf)
+    finals = [r["f"] if math.isfinite(r["f"]) else math.inf for r in runs]
+    best = int(np.argmin(finals))
     run = runs[best]
     if not math.isfinite(run["f"]):
         raise RuntimeError("DLG diverged in every run; try smaller weights or restarts")
@@ -291,7 +292,8 @@ def dlg(model: torch.nn.Module, grads, shape, labels=None, *, loss="ce",
         stats={"status": run["status"], "final_distance": run["f"],
                "relative_distance": run["f"] / scale,
                "run_distances": [r["f"] for r in runs], "chosen_run": best,
-               "diverged_runs": failures, "evaluations": sum(r["evaluations"] for r in runs),
+               "diverged_runs": failures,
+               "evaluations": sum(r["evaluations"] for r in runs),
                "soft_labels": soft, "labels_given": labels is not None})
 
 
@@ -346,7 +348,8 @@ REGULARIZERS: dict[str, Callable] = {"tv": total_variation, "bn": bn_statistics_
 
 def batchnorm_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The model's BatchNorm layers, in forward order of definition."""
-    return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    bn = torch.nn.modules.batchnorm._BatchNorm
+    return [m for m in model.modules() if isinstance(m, bn)]
 
 
 def batchnorm_statistics(model: torch.nn.Module, x: torch.Tensor) -> list[tuple]:
@@ -407,7 +410,8 @@ def _ig_run(net, target, shape, labels, loss, weights, ctx, x0, iterations, lr,
         if callback is not None:
             callback(it, x.detach(), hist[-1])
     ctx["bn_seen"].clear()
-    final = float(gradient_distance(net, x.detach(), labels, target, "cosine", loss).detach())
+    final = gradient_distance(net, x.detach(), labels, target, "cosine", loss)
+    final = float(final.detach())
     ctx["bn_seen"].clear()
     return x.detach(), final, hist
 
@@ -417,7 +421,8 @@ def inverting_gradients(model: torch.nn.Module, grads, shape, labels, *, loss="c
                         regularizers: dict | None = None, restarts: int = 1,
                         seed: int = 0, signed: bool = True, boxed: bool = True,
                         decay: bool = True, init: str = "rand",
-                        bn_targets: list | None = None, dtype: torch.dtype = torch.float32,
+                        bn_targets: list | None = None,
+                        dtype: torch.dtype = torch.float32,
                         callback: Callable | None = None) -> Reconstruction:
     """Inverting gradients: cosine gradient matching with priors, by signed Adam.
 
@@ -456,8 +461,8 @@ def inverting_gradients(model: torch.nn.Module, grads, shape, labels, *, loss="c
             raise ValueError("the 'bn' prior needs a model with BatchNorm layers")
         ctx["bn_targets"] = bn_targets if bn_targets is not None else [
             (m.running_mean, m.running_var) for m in batchnorm_layers(net)]
-        ctx["bn_targets"] = [(a.detach().to(dtype).clone(), b.detach().to(dtype).clone())
-                             for a, b in ctx["bn_targets"]]
+        ctx["bn_targets"] = [(m.detach().to(dtype).clone(), v.detach().to(dtype).clone())
+                             for m, v in ctx["bn_targets"]]
     t0, runs = time.perf_counter(), []
     try:
         for r in range(restarts):
