@@ -1,7 +1,11 @@
 """Benchmark of the gradient-matching attacks of chapters 04 and 05.
 
-    PYTHONPATH=. python benchmarks/matching.py            # full run (~15 min)
+    PYTHONPATH=. python benchmarks/matching.py            # full run (minutes)
     PYTHONPATH=. python benchmarks/matching.py --quick    # smoke test
+    PYTHONPATH=. python benchmarks/matching.py --only speed --photos 3
+
+The defaults are the settings of the committed JSON (sections may also run
+as parallel processes with --only and --out, then be merged by key).
 
 Writes chapters/data/matching_bench.json: for every fixed case, PSNR, SSIM,
 label accuracy and wall time of each attack, and its time-to-quality curve
@@ -328,10 +332,10 @@ def main():
     ap.add_argument("--only", nargs="*", choices=sorted(SECTIONS),
                     help="sections to run")
     ap.add_argument("--out", default=str(OUT))
-    ap.add_argument("--photos", type=int, default=3, help="photos in the speed section")
-    ap.add_argument("--size", type=int, default=32,
+    ap.add_argument("--photos", type=int, default=1, help="photos in the speed section")
+    ap.add_argument("--size", type=int, default=16,
                     help="image side in variations, batches")
-    ap.add_argument("--iters", type=int, default=1500, help="iterations there")
+    ap.add_argument("--iters", type=int, default=500, help="iterations there")
     args = ap.parse_args()
     lb.seed_everything(0, threads=1)
     path = Path(args.out)

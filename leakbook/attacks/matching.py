@@ -461,7 +461,8 @@ def inverting_gradients(model: torch.nn.Module, grads, shape, labels, *, loss="c
             raise ValueError("the 'bn' prior needs a model with BatchNorm layers")
         ctx["bn_targets"] = bn_targets if bn_targets is not None else [
             (m.running_mean, m.running_var) for m in batchnorm_layers(net)]
-        ctx["bn_targets"] = [(m.detach().to(dtype).clone(), v.detach().to(dtype).clone())
+        ctx["bn_targets"] = [(m.detach().to(dtype).clone(),
+                              v.detach().to(dtype).clone())
                              for m, v in ctx["bn_targets"]]
     t0, runs = time.perf_counter(), []
     try:
