@@ -3,5 +3,6 @@
 Every image attack returns a :class:`Reconstruction`.
 """
 from .result import Reconstruction
+from .rgap import rgap
 
-__all__ = ["Reconstruction"]
+__all__ = ["Reconstruction", "rgap"]
