@@ -2,7 +2,8 @@
 
 Every image attack returns a :class:`Reconstruction`.
 """
+from .hybrid import copa
+from .recursive import rgap
 from .result import Reconstruction
-from .rgap import rgap
 
-__all__ = ["Reconstruction", "rgap"]
+__all__ = ["Reconstruction", "copa", "rgap"]
