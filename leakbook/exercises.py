@@ -66,6 +66,60 @@ def same_multiset(answer, expected, hint: str = "") -> bool:
 # --- chapters 04-05 ---------------------------------------------------------
 
 
+@register("ch04-ex-distance")
+def _ch04_distance(answer, model, x, y) -> bool:
+    """DLG's L2 distance between the gradients of (x, y) and (x, (y + 1) % C)."""
+    from .attacks.matching import l2_distance
+    from .fl import shared_gradients
+    c = model(x).shape[-1]
+    expected = l2_distance(shared_gradients(model, x, (y + 1) % c),
+                           shared_gradients(model, x, y))
+    return close(answer, expected, rtol=1e-4,
+                 hint="Sum the squared differences over every parameter tensor.")
+
+
+@register("ch04-ex-scale")
+def _ch04_scale(answer) -> bool:
+    """The loss factor c of a client that used 0.5 * CE."""
+    return close(answer, 0.5, rtol=1e-3,
+                 hint="Divide the shared bias gradient of the true class by p_c - 1.")
+
+
+@register("ch04-ex-iterations")
+def _ch04_iterations(answer, loss_history) -> bool:
+    """First iteration at which the distance is below 1e-6 of its start."""
+    h = torch.as_tensor(loss_history, dtype=torch.float64)
+    below = (h < 1e-6 * h[0]).nonzero()
+    if len(below) == 0:
+        return verdict(False, "This run never got below 1e-6: run more iterations.")
+    return verdict(int(answer) == int(below[0]),
+                   "Count from 0 and take the first index below the threshold.")
+
+
+@register("ch05-ex-tv")
+def _ch05_tv(answer, x) -> bool:
+    """Anisotropic total variation of an image batch x."""
+    from .attacks.matching import total_variation
+    return close(answer, total_variation(x, {}), rtol=1e-5,
+                 hint="Mean absolute difference of horizontal neighbours plus "
+                      "that of vertical neighbours.")
+
+
+@register("ch05-ex-bn-mean")
+def _ch05_bn_mean(answer, batch_mean) -> bool:
+    """A BN layer's batch mean recovered from its running-mean update."""
+    return close(answer, batch_mean, rtol=1e-4, atol=1e-6,
+                 hint="running_new = (1 - momentum) running_old + momentum batch_mean.")
+
+
+@register("ch05-ex-cosine")
+def _ch05_cosine(answer) -> bool:
+    """Cosine distance between c * g and g for any c > 0."""
+    return close(answer, 0.0, atol=1e-6,
+                 hint="The cosine does not change when a vector is scaled by c > 0.")
+
+
+
 # --- chapters 07-08 ---------------------------------------------------------
 
 # chapter 07 (linear systems, R-GAP, COPA)
