@@ -126,11 +126,12 @@ def _ch05_cosine(answer) -> bool:
 
 @register("ch07-ex-rank")
 def _ch07_rank(answer) -> bool:
-    """Rank of [K; A] for Conv2d(3, 4, 3, stride 2) on 3x11x11: rows minus O^2."""
+    """Rank of [K; A], Conv2d(3, 4, 3, stride 2) on 3x11x11: rows minus O^2."""
     from torch import nn
     from .attacks import linear_systems as ls
     layer = nn.Conv2d(3, 4, kernel_size=3, stride=2).double()
-    delta = torch.randn(4, 5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(0)
+    delta = torch.randn(4, 5, 5, dtype=torch.float64, generator=gen)
     system = torch.cat([ls.conv_gradient_matrix(layer, (3, 11, 11), delta),
                         ls.conv_matrix(layer, (3, 11, 11))])
     expected = int(torch.linalg.matrix_rank(system))
@@ -138,7 +139,8 @@ def _ch07_rank(answer) -> bool:
         ok = int(answer) == expected
     except (TypeError, ValueError):
         return verdict(False, "Give the rank as an integer.")
-    return verdict(ok, "Count the rows of both blocks, then subtract one per pair of filters.")
+    return verdict(ok, "Count the rows of both blocks, then subtract one per pair of "
+                       "filters.")
 
 
 @register("ch07-ex-margin")
@@ -146,7 +148,7 @@ def _ch07_margin(answer) -> bool:
     """The margin mu with -mu / (1 + e^mu) = 0.2."""
     from .attacks.recursive import solve_margin
     return close(answer, solve_margin(0.2), rtol=1e-6, atol=1e-8,
-                 hint="A positive <grad, w> means mu < 0; solve -mu/(1+e^mu) = 0.2 there.")
+                 hint="A positive <grad, w> means mu < 0; solve -mu/(1+e^mu) = 0.2.")
 
 
 @register("ch07-ex-invisible")

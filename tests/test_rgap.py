@@ -1,4 +1,4 @@
-"""R-GAP and COPA: exact where the layer systems are full rank, clear errors elsewhere."""
+"""R-GAP and COPA: exact where the layer systems are full rank, clear errors else."""
 import math
 
 import pytest
@@ -116,14 +116,16 @@ def test_clear_errors():
     with pytest.raises(ValueError, match="gradient tensors"):
         rgap(net, g[:-1], [1], input_shape=(3, 8, 8))
     with pytest.raises(ValueError, match="shape"):
-        rgap(net, [gi.T if gi.dim() == 2 else gi for gi in g], [1], input_shape=(3, 8, 8))
+        bad = [gi.T if gi.dim() == 2 else gi for gi in g]
+        rgap(net, bad, [1], input_shape=(3, 8, 8))
     with pytest.raises(ValueError, match="input_shape"):
         rgap(net, g, [1], input_shape=None)
     with pytest.raises(ValueError, match="receives shape"):
         rgap(net, g, [1], input_shape=(3, 16, 16))
     with pytest.raises(ValueError, match="label"):
         rgap(net, g, None, input_shape=(3, 8, 8))
-    pooled = nn.Sequential(nn.Conv2d(1, 2, 3), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(18, 1))
+    pooled = nn.Sequential(nn.Conv2d(1, 2, 3), nn.MaxPool2d(2), nn.Flatten(),
+                           nn.Linear(18, 1))
     with pytest.raises(TypeError, match="MaxPool2d"):
         blocks(pooled, (1, 8, 8))
     no_bias = lb.models.build("cnn6", image_size=8, num_classes=10)

@@ -41,7 +41,7 @@ def _sub_gradients(parts: list[Block], top: int, x: torch.Tensor, delta: torch.T
 
 
 def _linear_chain(parts, acts, grads, top, x, delta, grad_weight, dense_limit):
-    """Minimum-norm linear solves from layer ``top`` down to the input (no correction)."""
+    """Minimum-norm linear solves from layer ``top`` down to the input."""
     for i in range(top, -1, -1):
         if i < top:
             z, delta = step_down(parts[i + 1], acts[i], x, delta, parts[i])
@@ -49,7 +49,7 @@ def _linear_chain(parts, acts, grads, top, x, delta, grad_weight, dense_limit):
             z = None
         if z is not None:
             system = layer_system(parts[i], z, delta, grads, grad_weight)
-            x, _ = system.solve(diagnostics=False, spectrum=False, dense_limit=dense_limit)
+            x, _ = system.solve(diagnostics=False, dense_limit=dense_limit)
     return x
 
 

@@ -38,7 +38,8 @@ class LayerSystem:
     """
 
     def __init__(self, block: Block, delta: torch.Tensor, grad_w: torch.Tensor,
-                 z: torch.Tensor | None = None, grad_weight: float = 10.0, scale: bool = True):
+                 z: torch.Tensor | None = None, grad_weight: float = 10.0,
+                 scale: bool = True):
         self.block, self.delta, self.grad_w, self.z = block, delta, grad_w, z
         self.n = block.n_in
         g_norm = float(grad_w.detach().norm())
@@ -82,7 +83,8 @@ class LayerSystem:
         m = self.grad_w.numel()
         out = self._grad_transpose(y[:m].reshape(self.grad_w.shape)) * self.cg
         if self.z is not None:
-            out = out + self.cf * self.block.backward(y[m:].reshape(self.z.shape)).flatten()
+            back = self.block.backward(y[m:].reshape(self.z.shape))
+            out = out + self.cf * back.flatten()
         return out
 
     def _grad_transpose(self, u: torch.Tensor) -> torch.Tensor:
@@ -99,7 +101,7 @@ class LayerSystem:
 
     # --- dense normal equations -----------------------------------------------
     def gram(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normal equations (N^T N (n, n), N^T b (n,)), built from the layer's structure."""
+        """Normal equations (N^T N (n, n), N^T b (n,)) from the layer's structure."""
         layer, n = self.block.layer, self.n
         if isinstance(layer, nn.Linear):
             ktk = (self.delta @ self.delta) * torch.eye(n, dtype=self.delta.dtype)
@@ -117,7 +119,7 @@ class LayerSystem:
         layer = self.block.layer
         c, h, w = self.block.in_shape
         taps = layer.kernel_size[0] * layer.kernel_size[1]
-        spatial = patch_indices(layer, self.block.in_shape)[:taps]    # channel 0: (k*k, L)
+        spatial = patch_indices(layer, self.block.in_shape)[:taps]    # (k*k, L)
         d = self.delta.reshape(layer.out_channels, -1)
         dd = d.T @ d                                                   # (L, L)
         s = torch.zeros(h * w, h * w, dtype=d.dtype)
@@ -141,7 +143,8 @@ class LayerSystem:
         pair = torch.arange(taps * taps).reshape(taps, taps, 1).expand_as(pix)
         keep = (pix >= 0) & (pix2 >= 0)
         where = torch.stack([pix[keep] * hw + pix2[keep], pair[keep]])
-        counts = torch.sparse_coo_tensor(where, torch.ones(where.shape[1], dtype=layer.weight.dtype),
+        ones = torch.ones(where.shape[1], dtype=layer.weight.dtype)
+        counts = torch.sparse_coo_tensor(where, ones,
                                          (hw * hw, taps * taps),
                                          check_invariants=True).coalesce()
         wt = layer.weight.reshape(layer.out_channels, c, taps)
@@ -150,8 +153,9 @@ class LayerSystem:
         return out.reshape(hw, hw, c, c).permute(2, 0, 3, 1).reshape(self.n, self.n)
 
     # --- solving ----------------------------------------------------------------
-    def solve(self, diagnostics: bool = True, spectrum: bool = False, rank_rtol: float = 1e-7,
-              dense_limit: int = 6000, iterations: int = 300) -> tuple[torch.Tensor, dict]:
+    def solve(self, diagnostics: bool = True, spectrum: bool = False,
+              rank_rtol: float = 1e-7, dense_limit: int = 6000,
+              iterations: int = 300) -> tuple[torch.Tensor, dict]:
         """Least-squares x (n,) (the minimum-norm one if the system is rank-deficient).
 
         A Cholesky solve of the normal equations when they are well posed;
@@ -167,18 +171,19 @@ class LayerSystem:
         rows = stats["gradient_rows"] + stats["forward_rows"]
         if self.n > dense_limit:
             x = self._cgls(iterations)
-            stats.update(method="cgls", rank=None, deficiency_bound=max(0, self.n - rows))
+            stats.update(method="cgls", rank=None,
+                         deficiency_bound=max(0, self.n - rows))
         else:
             gram, rhs = self.gram()
-            x = None if spectrum else self._cholesky_solve(gram, rhs, diagnostics, rank_rtol,
-                                                           stats)
+            x = None if spectrum else self._cholesky_solve(
+                gram, rhs, diagnostics, rank_rtol, stats)
             if x is None:
                 x = self._eigh_solve(gram, rhs, rank_rtol, stats)
         stats.update(self.residuals(x))
         return x, stats
 
     def _cholesky_solve(self, gram, rhs, diagnostics, rank_rtol, stats):
-        """x from a Cholesky factor, or None if the normal matrix is (nearly) singular."""
+        """x by Cholesky, or None if the normal matrix is (nearly) singular."""
         chol, info = torch.linalg.cholesky_ex(gram)
         if int(info) != 0:
             return None
@@ -197,7 +202,8 @@ class LayerSystem:
         evals, evecs = torch.linalg.eigh(gram)
         sv = evals.clamp_min(0).sqrt().flip(0)                        # descending
         rank = int((sv > rank_rtol * sv[0]).sum())
-        inv = torch.where(evals > (rank_rtol * sv[0]) ** 2, 1.0 / evals.clamp_min(_TINY), 0.0)
+        keep = evals > (rank_rtol * sv[0]) ** 2
+        inv = torch.where(keep, 1.0 / evals.clamp_min(_TINY), 0.0)
         stats.update(method="eigh", rank=rank, deficiency=self.n - rank,
                      sv_max=float(sv[0]), sv_min=float(sv[-1]),
                      condition=float(sv[0] / sv[-1]) if sv[-1] > 0 else math.inf,
@@ -252,6 +258,6 @@ def _extreme_singular_values(gram: torch.Tensor, chol: torch.Tensor, block: int 
 
 
 def _chol_solve(chol: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
-    """Solve (L L^T) x = rhs by two triangular solves (faster than cholesky_solve here)."""
+    """Solve (L L^T) x = rhs by two triangular solves (faster than cholesky_solve)."""
     half = torch.linalg.solve_triangular(chol, rhs, upper=False)
     return torch.linalg.solve_triangular(chol.T, half, upper=True)

@@ -17,8 +17,8 @@ from torch import nn
 
 from .linear_systems import output_shape
 
-ACTIVATION_TYPES = (nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.Identity, nn.ReLU, nn.Softplus,
-                    nn.SiLU, nn.ELU, nn.GELU)
+ACTIVATION_TYPES = (nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.Identity, nn.ReLU,
+                    nn.Softplus, nn.SiLU, nn.ELU, nn.GELU)
 
 
 class Activation:
@@ -35,9 +35,10 @@ class Activation:
         if kind == "leakyrelu" and module.negative_slope <= 0:
             kind = "relu"
         if kind not in ("identity", "leakyrelu", "sigmoid", "tanh"):
-            raise ValueError(f"{where}: {type(module).__name__} is not invertible, so its "
-                             "input cannot be recovered from its output (ReLU erases every "
-                             "negative pre-activation); use LeakyReLU, Sigmoid or Tanh")
+            raise ValueError(f"{where}: {type(module).__name__} is not invertible, "
+                             "so its input cannot be recovered from its output (ReLU "
+                             "erases every negative pre-activation); use LeakyReLU, "
+                             "Sigmoid or Tanh")
         self.kind = kind
 
     def inverse(self, a: torch.Tensor) -> torch.Tensor:
@@ -85,7 +86,7 @@ class Block:
         return self.layer(x)
 
     def backward(self, delta: torch.Tensor) -> torch.Tensor:
-        """W^T delta: the gradient at the input of the layer, (*out_shape) -> (*in_shape)."""
+        """W^T delta, the gradient at the layer's input: (*out_shape) -> (*in_shape)."""
         w = self.layer.weight
         if isinstance(self.layer, nn.Linear):
             return delta @ w
@@ -94,7 +95,7 @@ class Block:
                                           conv.stride, conv.padding)[0]
 
     def weight_gradient(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-        """dL/dW for one sample with input x (*in_shape) and dL/dz = delta (*out_shape)."""
+        """dL/dW for one sample: input x (*in_shape), dL/dz = delta (*out_shape)."""
         if isinstance(self.layer, nn.Linear):
             return torch.outer(delta, x)
         conv = self.layer
@@ -117,16 +118,16 @@ def blocks(model: nn.Module, input_shape) -> list[Block]:
     a layer that is not Conv2d, Linear, Flatten or an elementwise activation.
     """
     if not isinstance(model, nn.Sequential):
-        raise TypeError(f"layer-wise attacks need an nn.Sequential of Conv2d, Linear, Flatten "
-                        f"and activations, got {type(model).__name__}")
+        raise TypeError("layer-wise attacks need an nn.Sequential of Conv2d, Linear, "
+                        f"Flatten and activations, got {type(model).__name__}")
     index = {id(p): i for i, p in enumerate(model.parameters())}
     shape, out, pending = tuple(int(s) for s in input_shape), [], None
     for name, m in _leaves(model):
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             if isinstance(m, nn.Linear):
                 if shape != (m.in_features,):
-                    raise ValueError(f"layer {name}: Linear expects {m.in_features} inputs "
-                                     f"but receives shape {shape}")
+                    raise ValueError(f"layer {name}: Linear expects {m.in_features} "
+                                     f"inputs but receives shape {shape}")
                 new = (m.out_features,)
             else:
                 new = output_shape(m, shape)
@@ -138,13 +139,14 @@ def blocks(model: nn.Module, input_shape) -> list[Block]:
             shape = (math.prod(shape),)
         elif isinstance(m, ACTIVATION_TYPES):
             if pending is None or pending.act is not None:
-                raise TypeError(f"layer {name}: an activation must follow a Conv2d or Linear")
+                raise TypeError(f"layer {name}: an activation must follow a Conv2d "
+                                "or Linear")
             pending.act = m
         else:
-            raise TypeError(f"layer {name}: {type(m).__name__} is not supported (only Conv2d, "
-                            "Linear, Flatten and elementwise activations)")
+            raise TypeError(f"layer {name}: {type(m).__name__} is not supported (only "
+                            "Conv2d, Linear, Flatten and elementwise activations)")
     if not out or not isinstance(out[-1].layer, nn.Linear):
-        raise TypeError("the network must end with a Linear layer (the classifier head)")
+        raise TypeError("the network must end with a Linear layer (the head)")
     if out[-1].act is not None:
         raise TypeError("an activation after the last Linear layer is not supported")
     return out

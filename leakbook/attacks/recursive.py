@@ -59,7 +59,8 @@ def solve_margin(value: float, branch: str = "small") -> float:
         raise ValueError(f"<dL/dW, W> is {value}")
     g_min = _margin_equation(_MU_TURN)
     if value < g_min:
-        raise ValueError(f"<dL/dW, W> = {value:.4g} is below the minimum {g_min:.4g} of "
+        raise ValueError(f"<dL/dW, W> = {value:.4g} is below the minimum "
+                         f"{g_min:.4g} of "
                          "-mu/(1+e^mu): not the gradient of the logistic loss")
     if value == 0.0:
         return 0.0
@@ -75,7 +76,7 @@ def solve_margin(value: float, branch: str = "small") -> float:
             hi *= 2.0
     else:
         raise ValueError(f"branch must be 'small' or 'large', got {branch!r}")
-    # bisection: g is monotone on [lo, hi]; decreasing left of the turn, increasing right
+    # bisection: g is monotone on [lo, hi] (decreasing left of the turn)
     decreasing = hi <= _MU_TURN
     for _ in range(200):
         mid = 0.5 * (lo + hi)
@@ -98,14 +99,14 @@ def invert_head(head: Block, grads: list[torch.Tensor], labels, branch: str = "s
         gb = grads[head.bias_index]
         norm2 = float(gb @ gb)
         if norm2 < 1e-300:
-            raise ValueError("the head's bias gradient is zero: the loss is saturated and the "
-                             "ratio dL/dW / dL/db is undefined")
+            raise ValueError("the head's bias gradient is zero: the loss is saturated "
+                             "and the ratio dL/dW / dL/db is undefined")
         h = gw.T @ gb / norm2
         fit = float((torch.outer(gb, h) - gw).norm() / gw.norm())
         return h, gb.clone(), {"head": "bias ratio", "residual_gradient": fit}
     if head.layer.out_features != 1:
-        raise ValueError("a head without bias needs one logit and the logistic loss (R-GAP's "
-                         "setting); a multi-class head needs a bias for the ratio")
+        raise ValueError("a head without bias needs one logit and the logistic loss "
+                         "(R-GAP's setting); a multi-class head needs a bias")
     if labels is None:
         raise ValueError("the logistic head needs the label (0 or 1)")
     y = torch.as_tensor(labels).flatten()
@@ -123,7 +124,8 @@ def invert_head(head: Block, grads: list[torch.Tensor], labels, branch: str = "s
         "two_roots": value < 0}
 
 
-def step_down(upper: Block, act: Activation, x_upper: torch.Tensor, delta_upper: torch.Tensor,
+def step_down(upper: Block, act: Activation, x_upper: torch.Tensor,
+              delta_upper: torch.Tensor,
               lower: Block) -> tuple[torch.Tensor, torch.Tensor]:
     """From the input x and signal delta of ``upper``, the output z (pre-activation)
     and signal delta of the block below."""
@@ -141,9 +143,10 @@ def layer_system(block: Block, z: torch.Tensor, delta: torch.Tensor,
     return LayerSystem(block, delta, grads[block.weight_index], z, grad_weight, scale)
 
 
-def rgap(model: nn.Module, grads, labels=None, *, input_shape, grad_weight: float = 10.0,
-         scale: bool = True, diagnostics: bool = True, spectrum: bool = False,
-         branch: str = "small", clip: float = 1e-7, dense_limit: int = 6000) -> Reconstruction:
+def rgap(model: nn.Module, grads, labels=None, *, input_shape,
+         grad_weight: float = 10.0, scale: bool = True, diagnostics: bool = True,
+         spectrum: bool = False, branch: str = "small", clip: float = 1e-7,
+         dense_limit: int = 6000) -> Reconstruction:
     """Reconstruct one input from its shared gradient, layer by layer from the output.
 
     model: nn.Sequential of Conv2d/Linear (with or without bias), Flatten and
@@ -173,7 +176,8 @@ def rgap(model: nn.Module, grads, labels=None, *, input_shape, grad_weight: floa
         x, stats = system.solve(diagnostics, spectrum, dense_limit=dense_limit)
         layer_stats.append({"layer": parts[i].name, **stats, "input": x})
     if not torch.isfinite(x).all():
-        raise ValueError("the reconstruction is not finite: a layer's system is singular")
+        raise ValueError("the reconstruction is not finite: a layer's system is "
+                         "singular")
     labels_out = None if labels is None else torch.as_tensor(labels).flatten()
     if labels_out is None and parts[-1].bias_index is not None:
         labels_out = grads[parts[-1].bias_index].argmin().reshape(1)
