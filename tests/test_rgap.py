@@ -134,3 +134,12 @@ def test_clear_errors():
         rgap(no_bias, g10, [3], input_shape=(3, 8, 8))
     with pytest.raises(ValueError, match="not invertible"):
         Activation(nn.ReLU())
+
+
+def test_reached_inputs_marks_what_no_gradient_sees():
+    from leakbook.attacks.hybrid import reached_inputs
+    parts = blocks(lb.models.build("cnn4_c2"), (3, 32, 32))
+    hidden = ~reached_inputs(parts, 1)
+    assert int(hidden.sum()) == 3 * 63
+    assert hidden[:, -1, :].all() and hidden[:, :, -1].all()
+    assert not (~reached_inputs(blocks(lb.models.build("cnn6"), (3, 32, 32)), 5)).any()

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .layers import Block
+from .linear_systems import patch_indices
 from .result import Reconstruction
 from .recursive import _prepare, invert_head, layer_system, step_down
 
@@ -40,6 +41,25 @@ def _sub_gradients(parts: list[Block], top: int, x: torch.Tensor, delta: torch.T
     return z, grads
 
 
+def reached_inputs(parts: list[Block], top: int) -> torch.Tensor:
+    """Mask (*in_shape) of the network input entries that some layer <= top reads
+    through a chain of entries that are read in turn (the others reach no gradient
+    of those layers, nor their outputs)."""
+    read = torch.ones(parts[top].out_shape, dtype=torch.bool).flatten()
+    for j in range(top, -1, -1):
+        layer = parts[j].layer
+        if isinstance(layer, nn.Linear):
+            used = read.any() & (layer.weight[read] != 0).any(0)
+            read = used
+            continue
+        idx = patch_indices(layer, parts[j].in_shape)                 # (C*k*k, L)
+        live = read.reshape(layer.out_channels, -1).any(0)           # (L,)
+        taps = idx[:, live].flatten()
+        read = torch.zeros(parts[j].n_in, dtype=torch.bool)
+        read[taps[taps >= 0]] = True
+    return read.reshape(parts[0].in_shape)
+
+
 def _linear_chain(parts, acts, grads, top, x, delta, grad_weight, dense_limit):
     """Minimum-norm linear solves from layer ``top`` down to the input."""
     for i in range(top, -1, -1):
@@ -55,13 +75,17 @@ def _linear_chain(parts, acts, grads, top, x, delta, grad_weight, dense_limit):
 
 def copa(model: nn.Module, grads, labels=None, *, input_shape, steps: int = 1000,
          grad_weight: float = 10.0, rank_rtol: float = 1e-7, clip: float = 1e-7,
-         dense_limit: int = 6000, branch: str = "small") -> Reconstruction:
+         dense_limit: int = 6000, branch: str = "small",
+         fill: float | None = None) -> Reconstruction:
     """Reconstruct one input: exact linear solves while they are full rank, then a joint
     gradient-matching correction of the rank-deficient lower layers.
 
     model, grads, labels, input_shape: as for :func:`~leakbook.attacks.rgap`
         (one sample; Conv2d/Linear with or without bias; invertible activations).
     steps: L-BFGS iterations of the correction (0: linear solves only).
+    fill: if given, the input entries that reach no gradient (strides and
+        padding never read them; see ``unread_pixels``) are set to this value,
+        e.g. the centre of the data range; their count is ``stats["invisible"]``.
     Returns a Reconstruction with images (1, *input_shape) in the model's dtype,
     the correction's loss history, and stats: ``layers`` (per-layer system
     stats from the top down), ``deficient_layer`` (name of the first
@@ -91,6 +115,9 @@ def copa(model: nn.Module, grads, labels=None, *, input_shape, steps: int = 1000
         linear = _linear_chain(parts, acts, grads, top, x_top, delta_top, grad_weight,
                                dense_limit)
         image, history = _correct(parts, grads, top, z_top, delta_top, linear, steps)
+    hidden = ~reached_inputs(parts, len(parts) - 2 if top is None else top)
+    if fill is not None:
+        image = torch.where(hidden.flatten(), torch.full_like(image, fill), image)
     if not torch.isfinite(image).all():
         raise ValueError("the reconstruction is not finite")
     labels_out = None if labels is None else torch.as_tensor(labels).flatten()
@@ -101,6 +128,7 @@ def copa(model: nn.Module, grads, labels=None, *, input_shape, steps: int = 1000
                           time.perf_counter() - start,
                           {"layers": layer_stats,
                            "deficient_layer": None if top is None else parts[top].name,
+                           "invisible": int(hidden.sum()),
                            "linear_images": linear.reshape(shape).to(dtype)})
 
 
