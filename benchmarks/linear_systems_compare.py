@@ -45,7 +45,7 @@ def main():
         print(name, {k: (round(v["psnr"], 2), round(v["time"], 1)) for k, v in res.items()})
         comparison[name] = res
     bench["comparison"] = comparison
-    OUT.write_text(json.dumps(bench, indent=0, default=float))
+    OUT.write_text(json.dumps(bench, separators=(",", ":"), default=float))
     print("updated", OUT)
 
 
