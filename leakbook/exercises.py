@@ -237,5 +237,53 @@ def _ch05_cosine(answer) -> bool:
 
 # --- chapters 07-08 ---------------------------------------------------------
 
+# chapter 07 (linear systems, R-GAP, COPA)
+
+@register("ch07-ex-rank")
+def _ch07_rank(answer) -> bool:
+    """Rank of [K; A], Conv2d(3, 4, 3, stride 2) on 3x11x11: rows minus O^2."""
+    from torch import nn
+    from .attacks import linear_systems as ls
+    layer = nn.Conv2d(3, 4, kernel_size=3, stride=2).double()
+    gen = torch.Generator().manual_seed(0)
+    delta = torch.randn(4, 5, 5, dtype=torch.float64, generator=gen)
+    system = torch.cat([ls.conv_gradient_matrix(layer, (3, 11, 11), delta),
+                        ls.conv_matrix(layer, (3, 11, 11))])
+    expected = int(torch.linalg.matrix_rank(system))
+    try:
+        ok = int(answer) == expected
+    except (TypeError, ValueError):
+        return verdict(False, "Give the rank as an integer.")
+    return verdict(ok, "Count the rows of both blocks, then subtract one per pair of "
+                       "filters.")
+
+
+@register("ch07-ex-margin")
+def _ch07_margin(answer) -> bool:
+    """The margin mu with -mu / (1 + e^mu) = 0.2."""
+    from .attacks.recursive import solve_margin
+    return close(answer, solve_margin(0.2), rtol=1e-6, atol=1e-8,
+                 hint="A positive <grad, w> means mu < 0; solve -mu/(1+e^mu) = 0.2.")
+
+
+@register("ch07-ex-invisible")
+def _ch07_invisible(answer) -> bool:
+    """Mask (3, 32, 32) of the input pixels of cnn3_c1 that reach no gradient."""
+    from .attacks import linear_systems as ls
+    from .models import build
+    net = build("cnn3_c1")
+    mid = ls.unread_pixels(net[2], (6, 30, 30))[0].flatten()
+    taps = ls.patch_indices(net[0], (3, 32, 32))
+    seen = torch.zeros(3 * 32 * 32, dtype=torch.bool)
+    seen[taps[:, ~mid].flatten()] = True
+    expected = ~seen.reshape(3, 32, 32)
+    answer = torch.as_tensor(answer)
+    if answer.shape != expected.shape:
+        return verdict(False, f"Expected a mask of shape {tuple(expected.shape)}.")
+    return verdict(bool(torch.equal(answer.bool(), expected)),
+                   "A pixel is visible if some first-layer output that reads it is "
+                   "read by the second layer.")
+
+
 
 # --- chapters 09-10 ---------------------------------------------------------

@@ -6,13 +6,20 @@ Every image attack returns a :class:`Reconstruction`.
 - ``labels``: the labels of a batch from the last layer's gradient (ch. 03)
 - ``matching``: DLG, iDLG and inverting gradients by gradient matching (ch. 04-05)
 - ``linear_systems``: convolutions as forward and gradient matrices (ch. 07-08)
+- ``layers``, ``layer_system``: a network as blocks; one layer's linear system (ch. 07)
+- ``recursive``: R-GAP, layer by layer from the output (ch. 07)
+- ``hybrid``: COPA, linear solves corrected by gradient matching (ch. 07)
 """
-from . import analytic, labels, linear_systems, matching
+from . import (analytic, hybrid, labels, layer_system, layers, linear_systems, matching,
+               recursive)
 from .analytic import (invert_fc, last_layer_deltas, solve_fc_inputs,
                        solve_last_layer_inputs)
+from .hybrid import copa
 from .matching import REGULARIZERS, dlg, idlg, inverting_gradients
+from .recursive import rgap
 from .result import Reconstruction
 
-__all__ = ["Reconstruction", "analytic", "labels", "linear_systems", "matching",
-           "invert_fc", "last_layer_deltas", "solve_fc_inputs", "solve_last_layer_inputs",
-           "REGULARIZERS", "dlg", "idlg", "inverting_gradients"]
+__all__ = ["Reconstruction", "analytic", "hybrid", "labels", "layer_system", "layers",
+           "linear_systems", "matching", "recursive", "invert_fc", "last_layer_deltas",
+           "solve_fc_inputs", "solve_last_layer_inputs", "REGULARIZERS", "dlg", "idlg",
+           "inverting_gradients", "copa", "rgap"]
