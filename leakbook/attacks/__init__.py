@@ -2,6 +2,9 @@
 
 Every image attack returns a :class:`Reconstruction`.
 """
+from . import matching
+from .matching import REGULARIZERS, dlg, idlg, inverting_gradients
 from .result import Reconstruction
 
-__all__ = ["Reconstruction"]
+__all__ = ["Reconstruction", "matching", "dlg", "idlg", "inverting_gradients",
+           "REGULARIZERS"]

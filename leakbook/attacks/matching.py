@@ -1,0 +1,494 @@
+"""Gradient matching: search for data whose gradient matches the shared one.
+
+Taught in chapters 04 (``dlg``: L2 distance, L-BFGS, joint labels; iDLG) and
+05 (``inverting_gradients``: cosine distance, priors, signed Adam, restarts).
+
+Neither attack ever sees the true data: restarts are ranked by the gradient
+distance alone. A ``callback(iteration, images, loss)`` lets a benchmark score
+intermediate images against the truth from outside the attack.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.linalg import solve_triangular
+
+from ..checks import check_grads
+from ..fl import loss_fn as _loss_fn
+from .result import Reconstruction
+
+# --- shared pieces -----------------------------------------------------------
+
+
+def _check_shape(model: torch.nn.Module, shape) -> tuple[int, ...]:
+    """Check ``shape`` = (B, C, H, W) and that the model accepts it; return it."""
+    if not isinstance(shape, (tuple, list, torch.Size)) or len(shape) != 4:
+        raise ValueError(f"shape must be (B, C, H, W), got {shape!r}")
+    if not all(isinstance(s, int) and s >= 1 for s in shape):
+        raise ValueError(f"shape must hold positive integers, got {tuple(shape)}")
+    p = next(model.parameters())
+    probe = copy.deepcopy(model).eval()
+    try:
+        with torch.no_grad():
+            out = probe(torch.zeros(tuple(shape), dtype=p.dtype))
+    except RuntimeError as err:
+        raise ValueError(f"the model does not accept inputs of shape {tuple(shape)}: "
+                         f"{str(err).splitlines()[0]}") from None
+    if out.dim() != 2 or out.shape[0] != shape[0]:
+        raise ValueError(f"the model maps shape {tuple(shape)} to logits of shape "
+                         f"{tuple(out.shape)}, expected ({shape[0]}, classes)")
+    return tuple(shape)
+
+
+def _check_labels(labels, batch: int) -> torch.Tensor:
+    labels = torch.as_tensor(labels)
+    if labels.is_floating_point() or labels.dim() != 1 or len(labels) != batch:
+        raise ValueError(f"labels must be {batch} integers (one per image), got "
+                         f"{labels.dtype} of shape {tuple(labels.shape)}")
+    return labels.long()
+
+
+def _attack_model(model: torch.nn.Module, dtype) -> torch.nn.Module:
+    """A private copy of the model in ``dtype`` whose weights need no gradient."""
+    net = copy.deepcopy(model).to(dtype)
+    for p in net.parameters():
+        p.requires_grad_(True)
+    return net
+
+
+def l2_distance(grads: list[torch.Tensor], target: list[torch.Tensor]) -> torch.Tensor:
+    """DLG's distance: sum over layers of ||g - g*||^2."""
+    return sum(((g - t) ** 2).sum() for g, t in zip(grads, target))
+
+
+def cosine_distance(grads: list[torch.Tensor], target: list[torch.Tensor]) -> torch.Tensor:
+    """Inverting gradients' distance: 1 - cos(g, g*) over all layers concatenated."""
+    dot = sum((g * t).sum() for g, t in zip(grads, target))
+    norm_g = sum((g * g).sum() for g in grads)
+    norm_t = sum((t * t).sum() for t in target)
+    return 1 - dot / (norm_g.sqrt() * norm_t.sqrt() + 1e-30)
+
+
+DISTANCES = {"l2": l2_distance, "cosine": cosine_distance}
+
+
+def gradient_distance(model, x, y, target, distance="l2", loss="ce") -> torch.Tensor:
+    """Distance between the gradient at dummy data (x, y) and the shared ``target``.
+
+    x: (B, C, H, W); y: (B,) integer or (B, K) soft labels; differentiable in x.
+    """
+    params = list(model.parameters())
+    value = _loss_fn(loss)(model(x), y)
+    grads = torch.autograd.grad(value, params, create_graph=True)
+    return DISTANCES[distance](grads, target)
+
+
+# --- DLG: L-BFGS with a cheap history ----------------------------------------
+
+
+class _History:
+    """L-BFGS curvature pairs in a ring buffer, in the compact (matrix) form.
+
+    Byrd, Nocedal & Schnabel's representation of the inverse Hessian needs
+    only a few matrix-vector products per step instead of 2m small loops; the
+    m x m products S^T Y and Y^T Y are updated one row and column at a time.
+    """
+
+    def __init__(self, n: int, size: int):
+        self.s, self.y = np.zeros((size, n)), np.zeros((size, n))
+        self.sy, self.yy = np.zeros((size, size)), np.zeros((size, size))
+        self.size, self.count, self.head = size, 0, 0
+
+    def push(self, s: np.ndarray, y: np.ndarray) -> None:
+        sy = float(s @ y)
+        if sy <= 1e-10 * float(y @ y):  # no positive curvature: skip the pair
+            return
+        k = self.head
+        self.s[k], self.y[k] = s, y
+        self.sy[k, :], self.sy[:, k] = self.y @ s, self.s @ y
+        self.yy[k, :] = self.yy[:, k] = self.y @ y
+        self.head = (k + 1) % self.size
+        self.count = min(self.count + 1, self.size)
+
+    def direction(self, g: np.ndarray) -> np.ndarray:
+        """-H g (steepest descent, scaled, if the history is empty)."""
+        if self.count == 0:
+            return -g * min(1.0, 1.0 / max(np.abs(g).sum(), 1e-300))
+        idx = np.array([(self.head - self.count + i) % self.size
+                        for i in range(self.count)])  # oldest to newest
+        sy, yy = self.sy[np.ix_(idx, idx)], self.yy[np.ix_(idx, idx)]
+        newest = idx[-1]
+        gamma = self.sy[newest, newest] / self.yy[newest, newest]
+        a, b = (self.s @ g)[idx], (self.y @ g)[idx]  # no copy of the buffers
+        r = np.triu(sy)
+        u = solve_triangular(r, a, lower=False)
+        p1 = solve_triangular(r, np.diag(sy) * u + gamma * (yy @ u) - gamma * b,
+                              lower=False, trans="T")
+        cs, cy = np.zeros(self.size), np.zeros(self.size)
+        cs[idx], cy[idx] = p1, -gamma * u
+        return -(gamma * g + cs @ self.s + cy @ self.y)
+
+    def reset(self) -> None:
+        self.count = 0
+
+
+def lbfgs(fun: Callable, z0: torch.Tensor, max_iter: int = 500, history: int = 100,
+          tol: float = 0.0, stall: int = 50, max_time: float | None = None,
+          callback: Callable | None = None) -> dict:
+    """Minimise ``fun(z) -> (f, grad)`` by L-BFGS with a backtracking line search.
+
+    z0: (n,) start. Stops when f <= tol, after ``stall`` iterations without a
+    1e-3 relative decrease of the best f, at ``max_iter``, or after
+    ``max_time`` seconds. Returns dict(z, f, history, status, evaluations).
+    Status "diverged" means f became NaN/infinite or grew 1e6-fold.
+    """
+    z = z0.detach().clone()
+    f, g = fun(z)
+    if not math.isfinite(f):
+        return {"z": z, "f": f, "history": [f], "status": "diverged", "evaluations": 1}
+    mem, hist, evals = _History(z.numel(), history), [f], 1
+    zn, gn = z.numpy(), g.numpy()
+    best, since, start, status = f, 0, time.perf_counter(), "max_iter"
+    for it in range(max_iter):
+        d = mem.direction(gn)
+        gtd = float(gn @ d)
+        if not gtd < 0:  # not a descent direction: forget the curvature
+            mem.reset()
+            d, gtd = mem.direction(gn), -float(gn @ gn)
+        t, accepted = 1.0, False
+        for _ in range(25):  # Armijo backtracking
+            f_new, g_new = fun(torch.from_numpy(zn + t * d))
+            evals += 1
+            if math.isfinite(f_new) and f_new <= f + 1e-4 * t * gtd:
+                accepted = True
+                break
+            t *= 0.5 if math.isfinite(f_new) else 0.1
+        if not accepted:
+            status = "line search failed"
+            break
+        z_new = zn + t * d
+        mem.push(z_new - zn, g_new.numpy() - gn)
+        zn, gn, f = z_new, g_new.numpy(), f_new
+        hist.append(f)
+        if callback is not None:
+            callback(it, torch.from_numpy(zn), f)
+        if f <= tol:
+            status = "converged"
+            break
+        if f > 1e6 * hist[0]:
+            status = "diverged"
+            break
+        if f < best * (1 - 1e-3):
+            best, since = f, 0
+        else:
+            since += 1
+            if since >= stall:
+                status = "stalled"
+                break
+        if max_time is not None and time.perf_counter() - start > max_time:
+            status = "time"
+            break
+    return {"z": torch.from_numpy(zn), "f": f, "history": hist, "status": status,
+            "evaluations": evals}
+
+
+def _dlg_objective(net, target, shape, labels, num_classes, loss):
+    """fun(z) -> (distance, grad) with z = [flat images, flat label logits]."""
+    n_img = math.prod(shape)
+
+    def fun(z: torch.Tensor):
+        z = z.detach().requires_grad_(True)
+        x = z[:n_img].view(shape)
+        y = labels if labels is not None else \
+            F.softmax(z[n_img:].view(shape[0], num_classes), dim=-1)
+        d = gradient_distance(net, x, y, target, "l2", loss)
+        (gz,) = torch.autograd.grad(d, z)
+        return float(d.detach()), gz.detach()
+    return fun
+
+
+def dlg(model: torch.nn.Module, grads, shape, labels=None, *, loss="ce",
+        max_iter: int = 1000, history: int = 50, rel_tol: float = 1e-12,
+        restarts: int = 1, max_restarts: int = 4, seed: int = 0,
+        dtype: torch.dtype = torch.float64, max_time: float | None = None,
+        callback: Callable | None = None) -> Reconstruction:
+    """Deep leakage from gradients: L2 gradient matching by L-BFGS.
+
+    model: the shared model, used in the mode it is in (train/eval).
+    grads: the shared gradient, aligned with ``model.parameters()``.
+    shape: (B, C, H, W) of the data to reconstruct.
+    labels: (B,) integer labels if known (iDLG: recovered first); when None
+        they are optimised jointly as soft labels softmax(v), as published.
+    Stops when the distance falls below ``rel_tol * ||g*||^2``, when it stalls,
+    or at ``max_iter``. A run that diverges (NaN, blow-up) or fails its line
+    search is restarted from a fresh seed, up to ``max_restarts`` extra times.
+    ``restarts`` independent runs are made and the one with the least gradient
+    distance is returned (never chosen by the truth).
+    callback(iteration, images (B, C, H, W), distance) is called each iteration.
+    Returns a Reconstruction: images (B, C, H, W) in float32 (not clamped),
+    labels (B,), loss_history of the chosen run; stats with the status, the
+    final distance of every run, the evaluations and the soft labels.
+    """
+    grads = check_grads(model, grads)
+    shape = _check_shape(model, shape)
+    if restarts < 1:
+        raise ValueError(f"restarts must be at least 1, got {restarts}")
+    net = _attack_model(model, dtype)
+    num_classes = net(torch.zeros(shape, dtype=dtype)).shape[1]
+    if labels is not None:
+        labels = _check_labels(labels, shape[0])
+        if ((labels < 0) | (labels >= num_classes)).any():
+            raise ValueError(f"labels must lie in 0..{num_classes - 1}")
+    target = [g.detach().to(dtype) for g in grads]
+    scale = float(sum((t * t).sum() for t in target))
+    if scale == 0.0:
+        raise ValueError("the shared gradient is all zeros: nothing to match")
+    fun = _dlg_objective(net, target, shape, labels, num_classes, loss)
+    n_img = math.prod(shape)
+    n_var = n_img + (0 if labels is not None else shape[0] * num_classes)
+
+    def cb(it, z, f):
+        if callback is not None:
+            callback(it, z[:n_img].view(shape), f)
+
+    t0, runs, failures, trial = time.perf_counter(), [], 0, 0
+    while len(runs) < restarts:
+        gen = torch.Generator().manual_seed(seed + trial)
+        trial += 1
+        z0 = torch.randn(n_var, generator=gen, dtype=dtype)
+        left = None if max_time is None else max_time - (time.perf_counter() - t0)
+        run = lbfgs(fun, z0, max_iter, history, rel_tol * scale, max_time=left,
+                    callback=cb)
+        bad = run["status"] in ("diverged", "line search failed") or \
+            not math.isfinite(run["f"])
+        if bad and failures < max_restarts:
+            failures += 1
+            continue
+        runs.append(run)
+    best = min(range(len(runs)), key=lambda i: runs[i]["f"] if math.isfinite(runs[i]["f"])
+               else math.inf)
+    run = runs[best]
+    if not math.isfinite(run["f"]):
+        raise RuntimeError("DLG diverged in every run; try smaller weights or restarts")
+    z = run["z"]
+    images = z[:n_img].view(shape).float()
+    if labels is None:
+        soft = F.softmax(z[n_img:].view(shape[0], num_classes), dim=-1).float()
+        out_labels = soft.argmax(1)
+    else:
+        soft, out_labels = None, labels
+    return Reconstruction(
+        images=images, labels=out_labels, loss_history=run["history"],
+        wall_time=time.perf_counter() - t0,
+        stats={"status": run["status"], "final_distance": run["f"],
+               "relative_distance": run["f"] / scale,
+               "run_distances": [r["f"] for r in runs], "chosen_run": best,
+               "diverged_runs": failures, "evaluations": sum(r["evaluations"] for r in runs),
+               "soft_labels": soft, "labels_given": labels is not None})
+
+
+def _sign_rule_labels(model: torch.nn.Module, grads, batch_size: int) -> torch.Tensor:
+    """Private stand-in for chapter 03's ``labels.recover(..., method="idlg")``.
+
+    One sample: the last layer's weight-gradient row with the most negative sum.
+    """
+    if batch_size != 1:
+        raise ValueError("the sign rule recovers the label of one sample only")
+    return torch.tensor([int(grads[-2].sum(dim=1).argmin())])
+
+
+def recover_labels(model: torch.nn.Module, grads, batch_size: int) -> torch.Tensor:
+    """Labels for iDLG: chapter 03's recovery when present, else the sign rule."""
+    try:
+        from .labels import recover
+    except ImportError:
+        return _sign_rule_labels(model, grads, batch_size)
+    return torch.as_tensor(recover(model, grads, batch_size, method="idlg")).long()
+
+
+def idlg(model: torch.nn.Module, grads, shape, **kwargs) -> Reconstruction:
+    """iDLG: recover the label from the gradient's signs first, then run DLG on x alone.
+
+    Same arguments as ``dlg`` (without labels). Taught in chapter 04.
+    """
+    grads = check_grads(model, grads)
+    shape = _check_shape(model, shape)
+    labels = recover_labels(model, grads, shape[0])
+    rec = dlg(model, grads, shape, labels=labels, **kwargs)
+    rec.stats["labels_given"] = False
+    rec.stats["labels_recovered"] = True
+    return rec
+
+
+# --- inverting gradients -----------------------------------------------------
+
+
+def total_variation(x: torch.Tensor, ctx: dict) -> torch.Tensor:
+    """Anisotropic TV: mean |horizontal differences| + mean |vertical differences|."""
+    return ((x[..., :, 1:] - x[..., :, :-1]).abs().mean()
+            + (x[..., 1:, :] - x[..., :-1, :]).abs().mean())
+
+
+def bn_statistics_prior(x: torch.Tensor, ctx: dict) -> torch.Tensor:
+    """GradInversion's BN prior: sum over BN layers of ||mu - mu*|| + ||var - var*||.
+
+    mu, var: the dummy batch's per-channel statistics at each BatchNorm input
+    (recorded by hooks in the last forward pass); mu*, var*: ``ctx["bn_targets"]``
+    (by default the model's running statistics).
+    """
+    seen, targets = ctx["bn_seen"], ctx["bn_targets"]
+    if not seen:
+        raise ValueError("the 'bn' prior needs a model with BatchNorm layers")
+    return sum(torch.linalg.vector_norm(m - tm) + torch.linalg.vector_norm(v - tv)
+               for (m, v), (tm, tv) in zip(seen, targets))
+
+
+def l2_prior(x: torch.Tensor, ctx: dict) -> torch.Tensor:
+    """Mean squared pixel value (a weak pull towards dark images)."""
+    return (x ** 2).mean()
+
+
+#: name -> prior(x, ctx); inverting_gradients(regularizers={name: weight}).
+REGULARIZERS: dict[str, Callable] = {"tv": total_variation, "bn": bn_statistics_prior,
+                                     "l2": l2_prior}
+
+
+def batchnorm_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The model's BatchNorm layers, in forward order of definition."""
+    return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+def batchnorm_statistics(model: torch.nn.Module, x: torch.Tensor) -> list[tuple]:
+    """Per-channel (mean, biased var) of the input of every BN layer on batch x."""
+    seen: list = []
+    hooks = _bn_hooks(model, seen)
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return [(m.detach(), v.detach()) for m, v in seen]
+
+
+def _bn_hooks(model, seen: list):
+    def hook(module, inputs, output):
+        a = inputs[0]
+        dims = [0] + list(range(2, a.dim()))
+        seen.append((a.mean(dims), a.var(dims, unbiased=False)))
+    return [m.register_forward_hook(hook) for m in batchnorm_layers(model)]
+
+
+def _restart_images(shape, gen, init: str, dtype) -> torch.Tensor:
+    if init == "rand":
+        return torch.rand(shape, generator=gen, dtype=dtype)
+    if init == "randn":
+        return (0.5 + 0.25 * torch.randn(shape, generator=gen, dtype=dtype)).clamp(0, 1)
+    if init == "gray":
+        return torch.full(shape, 0.5, dtype=dtype)
+    raise ValueError(f"unknown init {init!r}; choose 'rand', 'randn' or 'gray'")
+
+
+def _ig_run(net, target, shape, labels, loss, weights, ctx, x0, iterations, lr,
+            signed, boxed, decay, callback):
+    x = x0.clone().requires_grad_(True)
+    opt = torch.optim.Adam([x], lr=lr)
+    milestones = [int(iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)] if decay else []
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=0.1)
+    hist = []
+    for it in range(iterations):
+        opt.zero_grad()
+        ctx["bn_seen"].clear()
+        dist = gradient_distance(net, x, labels, target, "cosine", loss)
+        obj = dist + sum(w * REGULARIZERS[k](x, ctx) for k, w in weights.items() if w)
+        if not torch.isfinite(obj):
+            raise RuntimeError(f"inverting gradients: objective became {float(obj)} at "
+                               f"iteration {it}")
+        obj.backward()
+        if signed:
+            x.grad.sign_()
+        opt.step()
+        sched.step()
+        if boxed:
+            with torch.no_grad():
+                x.clamp_(0, 1)
+        hist.append(float(dist.detach()))
+        if callback is not None:
+            callback(it, x.detach(), hist[-1])
+    ctx["bn_seen"].clear()
+    final = float(gradient_distance(net, x.detach(), labels, target, "cosine", loss).detach())
+    ctx["bn_seen"].clear()
+    return x.detach(), final, hist
+
+
+def inverting_gradients(model: torch.nn.Module, grads, shape, labels, *, loss="ce",
+                        iterations: int = 1000, lr: float = 0.1,
+                        regularizers: dict | None = None, restarts: int = 1,
+                        seed: int = 0, signed: bool = True, boxed: bool = True,
+                        decay: bool = True, init: str = "rand",
+                        bn_targets: list | None = None, dtype: torch.dtype = torch.float32,
+                        callback: Callable | None = None) -> Reconstruction:
+    """Inverting gradients: cosine gradient matching with priors, by signed Adam.
+
+    model: the shared model, used in the mode it is in (train/eval).
+    grads: the shared gradient; shape: (B, C, H, W); labels: (B,) integers.
+    regularizers: {name in REGULARIZERS: weight}, default {"tv": 1e-4}.
+    bn_targets: [(mean, var)] per BN layer for the "bn" prior (default: the
+        model's running statistics, which is what a server holds).
+    Each restart starts from init ("rand" uniform, "randn", "gray") drawn from
+    seed + r, takes ``iterations`` Adam steps on sign(grad) with step size lr,
+    divided by 10 at 3/8, 5/8 and 7/8 of the run, and clamps to [0, 1].
+    The restart with the least cosine distance (priors excluded) is returned;
+    the truth is never read. callback(iteration, images, distance).
+    Returns a Reconstruction with images (B, C, H, W) in [0, 1], the given
+    labels, the chosen run's distance history, and stats with every restart's
+    final distance and images.
+    """
+    grads = check_grads(model, grads)
+    shape = _check_shape(model, shape)
+    labels = _check_labels(labels, shape[0])
+    weights = {"tv": 1e-4} if regularizers is None else dict(regularizers)
+    unknown = set(weights) - set(REGULARIZERS)
+    if unknown:
+        raise ValueError(f"unknown regularizers {sorted(unknown)}; "
+                         f"known: {sorted(REGULARIZERS)}")
+    if restarts < 1 or iterations < 1:
+        raise ValueError("restarts and iterations must be at least 1")
+    net = _attack_model(model, dtype)
+    target = [g.detach().to(dtype) for g in grads]
+    if all(float(t.abs().sum()) == 0 for t in target):
+        raise ValueError("the shared gradient is all zeros: nothing to match")
+    ctx: dict = {"model": net, "bn_seen": []}
+    hooks = _bn_hooks(net, ctx["bn_seen"]) if weights.get("bn") else []
+    if weights.get("bn"):
+        if not hooks:
+            raise ValueError("the 'bn' prior needs a model with BatchNorm layers")
+        ctx["bn_targets"] = bn_targets if bn_targets is not None else [
+            (m.running_mean, m.running_var) for m in batchnorm_layers(net)]
+        ctx["bn_targets"] = [(a.detach().to(dtype).clone(), b.detach().to(dtype).clone())
+                             for a, b in ctx["bn_targets"]]
+    t0, runs = time.perf_counter(), []
+    try:
+        for r in range(restarts):
+            gen = torch.Generator().manual_seed(seed + r)
+            x0 = _restart_images(shape, gen, init, dtype)
+            runs.append(_ig_run(net, target, shape, labels, loss, weights, ctx, x0,
+                                iterations, lr, signed, boxed, decay, callback))
+    finally:
+        for h in hooks:
+            h.remove()
+    finals = [f for _, f, _ in runs]
+    best = int(np.argmin(finals))
+    x, _, hist = runs[best]
+    return Reconstruction(
+        images=x.float(), labels=labels, loss_history=hist,
+        wall_time=time.perf_counter() - t0,
+        stats={"final_distance": finals[best], "run_distances": finals,
+               "chosen_run": best, "run_images": [r[0].float() for r in runs],
+               "regularizers": weights})
