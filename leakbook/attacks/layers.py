@@ -1,0 +1,156 @@
+"""A feed-forward network seen as a chain of (linear map, activation) blocks.
+
+Taught in chapter 07. Layer-wise attacks (R-GAP, COPA) walk a network from the
+output down. ``blocks(model, input_shape)`` splits an ``nn.Sequential`` of
+Conv2d, Linear, Flatten and elementwise activations into :class:`Block`\\ s,
+each knowing its input and output shape for one sample and where its weight
+and bias sit in ``model.parameters()``. ``Activation`` inverts the
+activations that can be inverted.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .linear_systems import output_shape
+
+ACTIVATION_TYPES = (nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.Identity, nn.ReLU, nn.Softplus,
+                    nn.SiLU, nn.ELU, nn.GELU)
+
+
+class Activation:
+    """An elementwise activation with its inverse and derivative.
+
+    Invertible: LeakyReLU (slope > 0), Sigmoid and Tanh (outputs clipped
+    ``clip`` inside their range before inverting), Identity. Anything else
+    (ReLU erases negative pre-activations) raises ``ValueError``.
+    """
+
+    def __init__(self, module: nn.Module | None, clip: float = 1e-7, where: str = ""):
+        self.module, self.clip = module, clip
+        kind = "identity" if module is None else type(module).__name__.lower()
+        if kind == "leakyrelu" and module.negative_slope <= 0:
+            kind = "relu"
+        if kind not in ("identity", "leakyrelu", "sigmoid", "tanh"):
+            raise ValueError(f"{where}: {type(module).__name__} is not invertible, so its "
+                             "input cannot be recovered from its output (ReLU erases every "
+                             "negative pre-activation); use LeakyReLU, Sigmoid or Tanh")
+        self.kind = kind
+
+    def inverse(self, a: torch.Tensor) -> torch.Tensor:
+        """z with act(z) = a (a clipped into the open range of sigmoid/tanh)."""
+        if self.kind == "leakyrelu":
+            return torch.where(a < 0, a / self.module.negative_slope, a)
+        if self.kind == "sigmoid":
+            a = a.clamp(self.clip, 1 - self.clip)
+            return torch.log(a) - torch.log1p(-a)
+        if self.kind == "tanh":
+            return torch.atanh(a.clamp(-1 + self.clip, 1 - self.clip))
+        return a
+
+    def derivative(self, z: torch.Tensor) -> torch.Tensor:
+        """act'(z), elementwise."""
+        if self.kind == "leakyrelu":
+            return torch.where(z < 0, torch.full_like(z, self.module.negative_slope),
+                               torch.ones_like(z))
+        if self.kind == "sigmoid":
+            s = torch.sigmoid(z)
+            return s * (1 - s)
+        if self.kind == "tanh":
+            return 1 - torch.tanh(z) ** 2
+        return torch.ones_like(z)
+
+
+@dataclass
+class Block:
+    """One linear map (Conv2d or Linear) and the activation after it (or None)."""
+
+    name: str
+    layer: nn.Module
+    act: nn.Module | None
+    in_shape: tuple          # one sample's input: (C, H, W) or (n,)
+    out_shape: tuple         # one sample's pre-activation: (O, h, w) or (m,)
+    weight_index: int        # position of the weight in model.parameters()
+    bias_index: int | None
+
+    @property
+    def n_in(self) -> int:
+        return math.prod(self.in_shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pre-activation of a batch x (B, *in_shape) -> (B, *out_shape)."""
+        return self.layer(x)
+
+    def backward(self, delta: torch.Tensor) -> torch.Tensor:
+        """W^T delta: the gradient at the input of the layer, (*out_shape) -> (*in_shape)."""
+        w = self.layer.weight
+        if isinstance(self.layer, nn.Linear):
+            return delta @ w
+        conv = self.layer
+        return torch.nn.grad.conv2d_input((1, *self.in_shape), w, delta[None],
+                                          conv.stride, conv.padding)[0]
+
+    def weight_gradient(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """dL/dW for one sample with input x (*in_shape) and dL/dz = delta (*out_shape)."""
+        if isinstance(self.layer, nn.Linear):
+            return torch.outer(delta, x)
+        conv = self.layer
+        return torch.nn.grad.conv2d_weight(x[None], conv.weight.shape, delta[None],
+                                           conv.stride, conv.padding)
+
+
+def _leaves(module: nn.Module, prefix: str = ""):
+    if isinstance(module, nn.Sequential):
+        for name, child in module.named_children():
+            yield from _leaves(child, f"{prefix}{name}.")
+    else:
+        yield prefix.rstrip("."), module
+
+
+def blocks(model: nn.Module, input_shape) -> list[Block]:
+    """Split a Sequential network into blocks; check shapes along the way.
+
+    input_shape: one sample's shape, (C, H, W) or (n,). Raises TypeError for
+    a layer that is not Conv2d, Linear, Flatten or an elementwise activation.
+    """
+    if not isinstance(model, nn.Sequential):
+        raise TypeError(f"layer-wise attacks need an nn.Sequential of Conv2d, Linear, Flatten "
+                        f"and activations, got {type(model).__name__}")
+    index = {id(p): i for i, p in enumerate(model.parameters())}
+    shape, out, pending = tuple(int(s) for s in input_shape), [], None
+    for name, m in _leaves(model):
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            if isinstance(m, nn.Linear):
+                if shape != (m.in_features,):
+                    raise ValueError(f"layer {name}: Linear expects {m.in_features} inputs "
+                                     f"but receives shape {shape}")
+                new = (m.out_features,)
+            else:
+                new = output_shape(m, shape)
+            bias = None if m.bias is None else index[id(m.bias)]
+            pending = Block(name, m, None, shape, new, index[id(m.weight)], bias)
+            out.append(pending)
+            shape = new
+        elif isinstance(m, nn.Flatten):
+            shape = (math.prod(shape),)
+        elif isinstance(m, ACTIVATION_TYPES):
+            if pending is None or pending.act is not None:
+                raise TypeError(f"layer {name}: an activation must follow a Conv2d or Linear")
+            pending.act = m
+        else:
+            raise TypeError(f"layer {name}: {type(m).__name__} is not supported (only Conv2d, "
+                            "Linear, Flatten and elementwise activations)")
+    if not out or not isinstance(out[-1].layer, nn.Linear):
+        raise TypeError("the network must end with a Linear layer (the classifier head)")
+    if out[-1].act is not None:
+        raise TypeError("an activation after the last Linear layer is not supported")
+    return out
+
+
+def activations_of(blocks_: list[Block], clip: float = 1e-7) -> list[Activation]:
+    """The invertible activation of every block but the head (ValueError otherwise)."""
+    return [Activation(b.act, clip, where=f"layer {b.name}") for b in blocks_[:-1]]
+

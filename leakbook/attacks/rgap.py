@@ -1,0 +1,180 @@
+"""R-GAP: the recursive gradient attack, solved from the output layer down.
+
+Taught in chapter 07 (Zhu & Blaschko, ICLR 2021). For one sample and a
+network of Conv2d/Linear layers with invertible activations:
+
+1. The head gives its input and its backpropagated signal in closed form:
+   with a bias, by the ratio dL/dW = (dL/db) h^T; without a bias and with
+   one logit under the logistic loss, by <dL/dW, W> = l'(mu) mu, a scalar
+   equation for the margin mu = y f.
+2. Going down, each layer knows its output (the inverse activation of the
+   input just recovered above) and its signal delta = (W^T delta_above) *
+   act'(z); its input solves the linear system of
+   :class:`~leakbook.attacks.layer_system.LayerSystem`.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+
+import torch
+from torch import nn
+
+from ..checks import check_grads
+from .layer_system import LayerSystem
+from .layers import Activation, Block, activations_of, blocks
+from .result import Reconstruction
+
+#: the margin where mu -> -mu / (1 + e^mu) has its minimum (1 + e^m - m e^m = 0)
+_MU_TURN = 1.2784645427610738
+
+
+def _prepare(model: nn.Module, grads, input_shape, clip: float):
+    """A float64, gradient-free copy of the model, its blocks and the float64 grads."""
+    grads = check_grads(model, grads)
+    if input_shape is None:
+        raise ValueError("give input_shape, one sample's shape such as (3, 32, 32)")
+    net = copy.deepcopy(model).double()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    parts = blocks(net, input_shape)
+    acts = activations_of(parts, clip)
+    return net, parts, acts, [g.detach().double() for g in grads]
+
+
+def _margin_equation(mu: float) -> float:
+    return -mu / (1.0 + math.exp(mu)) if mu < 700 else 0.0
+
+
+def solve_margin(value: float, branch: str = "small") -> float:
+    """mu with -mu / (1 + e^mu) = value (the logistic head's <dL/dW, W>).
+
+    A positive value has one root, mu < 0 (the label disagrees with the
+    prediction). A negative value above the minimum -0.2785 has two roots,
+    0 < mu1 < 1.2785 < mu2, that give identical gradients for a bias-free
+    LeakyReLU network: ``branch`` picks "small" or "large".
+    """
+    if not math.isfinite(value):
+        raise ValueError(f"<dL/dW, W> is {value}")
+    g_min = _margin_equation(_MU_TURN)
+    if value < g_min:
+        raise ValueError(f"<dL/dW, W> = {value:.4g} is below the minimum {g_min:.4g} of "
+                         "-mu/(1+e^mu): not the gradient of the logistic loss")
+    if value == 0.0:
+        return 0.0
+    if value > 0:
+        lo, hi = -1.0, 0.0
+        while _margin_equation(lo) < value:
+            lo *= 2.0
+    elif branch == "small":
+        lo, hi = 0.0, _MU_TURN
+    elif branch == "large":
+        lo, hi = _MU_TURN, 2.0 * _MU_TURN
+        while _margin_equation(hi) < value:
+            hi *= 2.0
+    else:
+        raise ValueError(f"branch must be 'small' or 'large', got {branch!r}")
+    # bisection: g is monotone on [lo, hi]; decreasing left of the turn, increasing right
+    decreasing = hi <= _MU_TURN
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        above = _margin_equation(mid) > value
+        if above == decreasing:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+def invert_head(head: Block, grads: list[torch.Tensor], labels, branch: str = "small"):
+    """Input h (n,) and signal delta (m,) of the last Linear layer, and stats.
+
+    With a bias: h = (dL/dW)^T g_b / |g_b|^2 and delta = g_b (any loss).
+    Without a bias: one logit and the logistic loss (labels 0/1).
+    """
+    gw = grads[head.weight_index]
+    if head.bias_index is not None:
+        gb = grads[head.bias_index]
+        norm2 = float(gb @ gb)
+        if norm2 < 1e-300:
+            raise ValueError("the head's bias gradient is zero: the loss is saturated and the "
+                             "ratio dL/dW / dL/db is undefined")
+        h = gw.T @ gb / norm2
+        fit = float((torch.outer(gb, h) - gw).norm() / gw.norm())
+        return h, gb.clone(), {"head": "bias ratio", "residual_gradient": fit}
+    if head.layer.out_features != 1:
+        raise ValueError("a head without bias needs one logit and the logistic loss (R-GAP's "
+                         "setting); a multi-class head needs a bias for the ratio")
+    if labels is None:
+        raise ValueError("the logistic head needs the label (0 or 1)")
+    y = torch.as_tensor(labels).flatten()
+    if y.numel() != 1 or int(y[0]) not in (0, 1):
+        raise ValueError(f"the logistic head needs one label 0 or 1, got {y.tolist()}")
+    sign = 2.0 * int(y[0]) - 1.0
+    value = float((gw * head.layer.weight).sum())
+    mu = solve_margin(value, branch)
+    k = -sign / (1.0 + math.exp(mu))
+    if abs(k) < 1e-300:
+        raise ValueError("the logistic loss is saturated (margin too large): dL/df = 0")
+    h = gw[0] / k
+    return h, torch.tensor([k], dtype=gw.dtype), {
+        "head": "logistic margin", "margin": mu, "inner_product": value,
+        "two_roots": value < 0}
+
+
+def step_down(upper: Block, act: Activation, x_upper: torch.Tensor, delta_upper: torch.Tensor,
+              lower: Block) -> tuple[torch.Tensor, torch.Tensor]:
+    """From the input x and signal delta of ``upper``, the output z (pre-activation)
+    and signal delta of the block below."""
+    z = act.inverse(x_upper.reshape(lower.out_shape))
+    back = upper.backward(delta_upper.reshape(upper.out_shape)).reshape(lower.out_shape)
+    return z, back * act.derivative(z)
+
+
+def layer_system(block: Block, z: torch.Tensor, delta: torch.Tensor,
+                 grads: list[torch.Tensor], grad_weight: float = 10.0,
+                 scale: bool = True) -> LayerSystem:
+    """The system of ``block`` given its pre-activation z and signal delta."""
+    if block.bias_index is not None:
+        z = z - block.layer.bias.reshape(-1, *[1] * (len(block.out_shape) - 1))
+    return LayerSystem(block, delta, grads[block.weight_index], z, grad_weight, scale)
+
+
+def rgap(model: nn.Module, grads, labels=None, *, input_shape, grad_weight: float = 10.0,
+         scale: bool = True, diagnostics: bool = True, spectrum: bool = False,
+         branch: str = "small", clip: float = 1e-7, dense_limit: int = 6000) -> Reconstruction:
+    """Reconstruct one input from its shared gradient, layer by layer from the output.
+
+    model: nn.Sequential of Conv2d/Linear (with or without bias), Flatten and
+        invertible activations (LeakyReLU; Sigmoid and Tanh, clipped by
+        ``clip``), ending in a Linear head: with bias (any loss, e.g. CE), or
+        bias-free with one logit and the logistic loss (labels 0/1).
+    grads: aligned with ``model.parameters()``, for a batch of ONE sample.
+    input_shape: one sample's shape, e.g. (3, 32, 32).
+    grad_weight, scale: the scale fix (rows normalised per block, gradient
+        block weighted); ``scale=False`` solves the raw system as R-GAP's code.
+    diagnostics: report extreme singular values, condition and rank per
+        layer; ``spectrum`` also all singular values (slower: an eigh per layer).
+    branch: which margin to take when the logistic head has two ("small"/"large").
+    Returns a Reconstruction with images (1, *input_shape) in the model's
+    dtype and ``stats["layers"]``, one dict per layer from the top down
+    (unknowns, rows, rank, deficiency, condition, residuals).
+    """
+    start = time.perf_counter()
+    dtype = next(model.parameters()).dtype
+    net, parts, acts, grads = _prepare(model, grads, input_shape, clip)
+    x, delta, head_stats = invert_head(parts[-1], grads, labels, branch)
+    layer_stats = [{"layer": parts[-1].name, **head_stats}]
+    for i in range(len(parts) - 2, -1, -1):
+        z, delta = step_down(parts[i + 1], acts[i], x, delta, parts[i])
+        system = layer_system(parts[i], z, delta, grads, grad_weight, scale)
+        x, stats = system.solve(diagnostics, spectrum, dense_limit=dense_limit)
+        layer_stats.append({"layer": parts[i].name, **stats})
+    if not torch.isfinite(x).all():
+        raise ValueError("the reconstruction is not finite: a layer's system is singular")
+    labels_out = None if labels is None else torch.as_tensor(labels).flatten()
+    if labels_out is None and parts[-1].bias_index is not None:
+        labels_out = grads[parts[-1].bias_index].argmin().reshape(1)
+    return Reconstruction(x.reshape(1, *input_shape).to(dtype), labels_out, [],
+                          time.perf_counter() - start, {"layers": layer_stats})
