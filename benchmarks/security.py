@@ -179,29 +179,36 @@ def timing(sizes=(16, 32)) -> list[dict]:
     return rows
 
 
-def zoo_experiment(budget: str) -> list[dict]:
+def audit_row(entry, model, x, shape) -> dict:
+    """The audit, parameter count, probe accuracy and PSNR caps of one zoo model."""
+    a = security.audit(model, shape if entry["name"] != "fcn3" else (784,))
+    probe = probe_accuracy(model, entry["channels"], entry["size"], entry["name"] == "fcn3")
+    row = dict(family=entry["family"], loss=entry["loss"], input_shape=list(shape),
+               parameters=sum(p.numel() for p in model.parameters()),
+               probe_accuracy=round(probe, 4), scores=a.scores(), layers=a.to_rows())
+    if a.blind_pixels:
+        blind = a.blind.reshape(x.shape[1:])
+        row["psnr_cap_mean_fill"] = round(security.psnr_cap(x, blind), 2)
+        row["psnr_cap_nearest_fill"] = round(security.psnr_cap(x, blind, "nearest"), 2)
+    return row
+
+
+def zoo_experiment(budget: str, only=None) -> list[dict]:
     attacks = _attacks(budget)
+    if only:
+        attacks = {k: v for k, v in attacks.items() if k in only}
     print("attacks available:", sorted(attacks), flush=True)
     rows = []
     for entry in zoo():
         model = entry["make"]().to(torch.float64)
         shape = (entry["channels"], entry["size"], entry["size"])
-        a = security.audit(model, shape if entry["name"] != "fcn3" else (784,))
         x, y = image(entry)
         if entry["name"] == "fcn3":
             x = x.reshape(1, 784)
         grads = fl.shared_gradients(model, x, y, loss=entry["loss"])
-        params = sum(p.numel() for p in model.parameters())
-        probe = probe_accuracy(model, entry["channels"], entry["size"],
-                               entry["name"] == "fcn3")
-        row = dict(name=entry["name"], family=entry["family"], loss=entry["loss"],
-                   input_shape=list(shape), parameters=params,
-                   probe_accuracy=round(probe, 4), scores=a.scores(),
-                   layers=a.to_rows(), attacks={})
-        if a.blind_pixels:
-            blind = a.blind.reshape(x.shape[1:])
-            row["psnr_cap_mean_fill"] = round(security.psnr_cap(x, blind), 2)
-            row["psnr_cap_nearest_fill"] = round(security.psnr_cap(x, blind, "nearest"), 2)
+        row = dict(name=entry["name"], attacks={})
+        if not only:
+            row.update(audit_row(entry, model, x, shape))
         for attack, fn in attacks.items():
             row["attacks"][attack] = run_attack(fn, model, grads, y, x, entry["loss"])
             print(f"{entry['name']:40s} {attack:20s} {row['attacks'][attack]}", flush=True)
@@ -213,10 +220,21 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small attack budgets")
     parser.add_argument("--skip-zoo", action="store_true")
+    parser.add_argument("--attacks", nargs="+", default=None,
+                        help="run only these attacks and merge them into --out")
     parser.add_argument("--out", default=str(ROOT / "chapters/data/security_bench.json"))
     args = parser.parse_args(argv)
     lb.seed_everything(0, threads=1)
     started = time.time()
+    if args.attacks:
+        old = json.loads(Path(args.out).read_text())
+        new = {row["name"]: row for row in zoo_experiment("full", args.attacks)}
+        for row in old["zoo"]:
+            row["attacks"].update(new[row["name"]]["attacks"])
+        old["command"] += " && ... --attacks " + " ".join(args.attacks)
+        Path(args.out).write_text(json.dumps(old, indent=1))
+        print("updated", args.out)
+        return
     result = dict(command="PYTHONPATH=. python benchmarks/security.py"
                   + (" --quick" if args.quick else ""),
                   machine=dict(python=platform.python_version(), torch=torch.__version__,

@@ -31,7 +31,8 @@ def load_model(spec: str, input_shape) -> nn.Module:
         except TypeError as err:
             raise TypeError(f"calling {spec}() failed: {err}") from None
         if not isinstance(model, nn.Module):
-            raise TypeError(f"{spec} returned a {type(model).__name__}, not an nn.Module")
+            raise TypeError(f"{spec} returned a {type(model).__name__}, "
+                            "not an nn.Module")
         return model
     if spec not in models.ZOO:
         raise ValueError(f"{spec!r} is neither module:callable nor a zoo model "
@@ -49,13 +50,15 @@ def main(argv=None) -> int:
                                      description="leakbook command line")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("audit", help="per-layer security audit of a model (chapter 08)")
-    p.add_argument("model", help="module:callable returning an nn.Module, or a zoo name")
+    p.add_argument("model",
+                   help="module:callable returning an nn.Module, or a zoo name")
     p.add_argument("--input-shape", type=int, nargs="+", required=True,
                    help="shape of one input: C H W (or n for an MLP)")
     p.add_argument("--seed", type=int, default=0, help="seed of weights and delta")
     p.add_argument("--rtol", type=float, default=1e-6, help="relative rank tolerance")
     p.add_argument("--weights", choices=["random", "model"], default="random")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1)")
     p.add_argument("--markdown", action="store_true", help="print a Markdown table")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, args.threads))

@@ -70,7 +70,8 @@ def same_multiset(answer, expected, hint: str = "") -> bool:
 
 
 @register("ch08-ex-rank")
-def _ch08_rank(answer, in_channels=2, out_channels=3, kernel=3, stride=1, size=6) -> bool:
+def _ch08_rank(answer, in_channels=3, out_channels=2, kernel=3, stride=1,
+               size=7) -> bool:
     """The rank of a conv layer's system [K; A] (chapter 08)."""
     from torch import nn
 
@@ -79,8 +80,8 @@ def _ch08_rank(answer, in_channels=2, out_channels=3, kernel=3, stride=1, size=6
         return verdict(False, f"Give the rank as an int, got {type(answer).__name__}.")
     conv = nn.Conv2d(in_channels, out_channels, kernel, stride)
     rank = security.audit(nn.Sequential(conv), (in_channels, size, size)).layers[0].rank
-    return verdict(answer == rank, "Count gradient rows and forward rows, then subtract "
-                   "the directions identity B puts in both: O * min(O, L).")
+    return verdict(answer == rank, "Count gradient rows and forward rows, then "
+                   "subtract the directions identity B puts in both: O * min(O, L).")
 
 
 @register("ch08-ex-blind")
@@ -112,8 +113,8 @@ def _ch08_safer(answer, size=16) -> bool:
         return security.rank_bound(conv, (6, n_in, n_in)) < 6 * n_in * n_in
 
     ok = deficient(answer) and not deficient(answer + 1)
-    return verdict(ok, "Audit the two-layer net for each width and watch the deficiency "
-                   "of the second conv reach 0.")
+    return verdict(ok, "Audit the two-layer net for each width and watch the "
+                   "deficiency of the second conv reach 0.")
 
 
 # --- chapters 09-10 ---------------------------------------------------------

@@ -87,7 +87,8 @@ def weight_layers(model: nn.Module, input_shape) -> list[dict]:
             except (TypeError, ValueError) as err:
                 raise ValueError(f"layer '{path}' (Conv2d): {err}") from None
             if min(out) < 1:
-                raise ValueError(f"layer '{path}' (Conv2d) gets an input {shape} too small")
+                raise ValueError(f"layer '{path}' (Conv2d) gets an input {shape} "
+                                 "too small")
             rows.append(dict(path=path, layer=layer, in_shape=shape, out_shape=out,
                              act=None))
             shape = out
@@ -109,9 +110,10 @@ def weight_layers(model: nn.Module, input_shape) -> list[dict]:
             if rows and rows[-1]["act"] is None:
                 rows[-1]["act"] = layer
         else:
-            raise ValueError(f"layer '{path}' ({type(layer).__name__}) is not supported: "
-                             "the audit handles Conv2d, Linear, Flatten and elementwise "
-                             f"activations ({', '.join(t.__name__ for t in ELEMENTWISE)})")
+            names = ", ".join(t.__name__ for t in ELEMENTWISE)
+            raise ValueError(f"layer '{path}' ({type(layer).__name__}) is not "
+                             "supported: the audit handles Conv2d, Linear, Flatten "
+                             f"and elementwise activations ({names})")
     if not rows:
         raise ValueError("the model has no Conv2d or Linear layer to audit")
     return rows
@@ -232,7 +234,7 @@ def numerical_rank(gram: np.ndarray, rtol: float) -> tuple[int, float, float]:
 
 
 def rank_bound(layer: nn.Module, in_shape) -> int:
-    """Structural prediction of the rank of the layer's system [K; A] at generic weights.
+    """Structural prediction of the rank of a layer's system [K; A], generic weights.
 
     Counting rows (n_w + n_z) over-estimates the rank, for three reasons:
 
@@ -370,19 +372,22 @@ class Audit:
 
     def _footer(self) -> list[str]:
         s = self.scores()
-        lines = [f"RA index (max count) = {s['ra_index']}; COPA index = {s['copa_index']}; "
+        lines = [f"RA index (max count) = {s['ra_index']}; "
+                 f"COPA index = {s['copa_index']}; "
                  f"deficiency of the first layer = {s['deficiency_first']}; "
                  f"blind input entries = {s['blind_pixels']}",
                  f"ranks: {self.weights} weights and random delta (seed {self.seed}), "
                  f"singular values above {self.rtol:g} x the largest; "
-                 f"{s['seconds']:.2f} s (Linear layers: rank n_x exactly, as K = delta x I)"]
+                 f"{s['seconds']:.2f} s (Linear layers: rank n_x exactly, "
+                 "as K = delta x I)"]
         return lines + list(self.notes)
 
     def __str__(self) -> str:
         return "\n".join(self._table("  ", False) + [""] + self._footer())
 
     def to_markdown(self) -> str:
-        return "\n".join(self._table(" | ", True) + [""] + ["- " + f for f in self._footer()])
+        footer = ["- " + f for f in self._footer()]
+        return "\n".join(self._table(" | ", True) + [""] + footer)
 
 
 def _virtual(unknowns: list[int]) -> list[int]:
@@ -395,7 +400,7 @@ def _virtual(unknowns: list[int]) -> list[int]:
 
 
 def _system_layer(layer: nn.Module, weights: str, gen: torch.Generator) -> nn.Module:
-    """A float64 copy of the layer, bias dropped (it is known), weights per ``weights``."""
+    """A float64 bias-free copy of the layer; weights as ``weights`` says."""
     twin = copy.deepcopy(layer).to(torch.float64)
     twin.bias = None
     if weights == "random":
@@ -415,7 +420,8 @@ def audit(model: nn.Module, input_shape, seed: int = 0, rtol: float = 1e-6,
     ``seed`` (generic: no dead units). rtol: relative singular-value tolerance
     of the rank (the Gram matrix is formed in float64, which squares the
     singular values: ratios below ~1e-7 are rounding noise, so keep rtol
-    well above that; the row's ``gap`` shows how clear-cut the cut is). Returns an :class:`Audit`.
+    well above that; the row's ``gap`` shows how clear-cut the cut is).
+    Returns an :class:`Audit`.
     Taught in chapter 08.
     """
     if weights not in ("random", "model"):
@@ -438,7 +444,8 @@ def audit(model: nn.Module, input_shape, seed: int = 0, rtol: float = 1e-6,
             # after scaling is 1/sqrt(n), a lower bound on the stack's.
             rank, kept, dropped = unknowns[i], 1 / math.sqrt(unknowns[i]), 0.0
         else:
-            rank, kept, dropped = numerical_rank(layer_gram(twin, in_shape, delta), rtol)
+            gram = layer_gram(twin, in_shape, delta)
+            rank, kept, dropped = numerical_rank(gram, rtol)
         if isinstance(layer, nn.Conv2d):
             unread = int(unread_pixels(twin, in_shape).sum())
             filters = layer.out_channels
@@ -449,7 +456,8 @@ def audit(model: nn.Module, input_shape, seed: int = 0, rtol: float = 1e-6,
         invertible = act is None or ELEMENTWISE[type(act)]
         if not invertible:
             notes.append(f"layer {i} is followed by {type(act).__name__}, which is not "
-                         "invertible: its forward constraints are only partly available")
+                         "invertible: its forward constraints are only partly "
+                         "available")
         out.append(LayerAudit(
             index=i, path=row["path"], kind=_describe(layer), in_shape=in_shape,
             out_shape=out_shape, unknowns=unknowns[i], gradient_constraints=n_w,
@@ -461,4 +469,5 @@ def audit(model: nn.Module, input_shape, seed: int = 0, rtol: float = 1e-6,
             gap=(kept, dropped), invertible_activation=invertible,
             seconds=time.perf_counter() - start))
     blind = blind_spot(model, input_shape)
-    return Audit(out, tuple(int(s) for s in input_shape), blind, seed, rtol, weights, notes)
+    shape = tuple(int(s) for s in input_shape)
+    return Audit(out, shape, blind, seed, rtol, weights, notes)

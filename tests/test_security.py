@@ -30,7 +30,8 @@ def _dense_rank(conv, shape, seed=0):
     delta = torch.randn(ls.output_shape(conv, shape), generator=g, dtype=torch.float64)
     k = ls.conv_gradient_matrix(conv, shape, delta)
     a = ls.conv_matrix(conv, shape)
-    return int(torch.linalg.matrix_rank(torch.cat([k / k.norm(), a / a.norm()]), rtol=1e-9))
+    stack = torch.cat([k / k.norm(), a / a.norm()])
+    return int(torch.linalg.matrix_rank(stack, rtol=1e-9))
 
 
 def test_single_fc_layer_counts_and_rank():
@@ -41,7 +42,8 @@ def test_single_fc_layer_counts_and_rank():
     assert (r.unknowns, r.gradient_constraints, r.forward_constraints) == (5, 15, 3)
     assert r.virtual_constraints == 0 and r.count_index == 5 - 15 - 3
     assert r.rank == 5 and r.deficiency == 0 and r.filters == 3
-    delta, w = torch.randn(3, 1, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64)
+    delta = torch.randn(3, 1, dtype=torch.float64)
+    w = torch.randn(3, 5, dtype=torch.float64)
     stack = torch.cat([torch.kron(delta, torch.eye(5, dtype=torch.float64)), w])
     assert int(torch.linalg.matrix_rank(stack)) == 5
 
@@ -139,20 +141,22 @@ def test_blind_spot_hand_checked():
     assert security.psnr_cap(img, torch.zeros_like(expected)) == math.inf
     # cnn4_c2 at 32x32: the last row and column of each channel
     blind = security.blind_spot(models.build("cnn4_c2"), (3, 32, 32))
-    assert int(blind.sum()) == 3 * 63 and bool(blind[:, 31].all() and blind[:, :, 31].all())
+    assert int(blind.sum()) == 3 * 63
+    assert bool(blind[:, 31].all() and blind[:, :, 31].all())
 
 
 def _cli(*args, env_extra=None):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), *(env_extra or [])]))
-    return subprocess.run([sys.executable, "-m", "leakbook", *args], capture_output=True,
-                          text=True, env=env, timeout=120)
+    return subprocess.run([sys.executable, "-m", "leakbook", *args],
+                          capture_output=True, text=True, env=env, timeout=120)
 
 
 def test_cli_module_callable_in_a_subprocess(tmp_path):
     (tmp_path / "mynet.py").write_text(
         "from torch import nn\n"
         "def tiny():\n"
-        "    return nn.Sequential(nn.Conv2d(1, 1, 2, 2), nn.Flatten(), nn.Linear(4, 1))\n")
+        "    return nn.Sequential(nn.Conv2d(1, 1, 2, 2), nn.Flatten(),\n"
+        "                         nn.Linear(4, 1))\n")
     out = _cli("audit", "mynet:tiny", "--input-shape", "1", "4", "4", "--markdown",
                env_extra=[str(tmp_path)])
     assert out.returncode == 0, out.stderr
