@@ -1,6 +1,6 @@
 """Chapter 08 benchmark: audit run time, and does the audit predict attack success?
 
-    PYTHONPATH=. python benchmarks/security.py [--quick] [--out chapters/data/security_bench.json]
+    PYTHONPATH=. python benchmarks/security.py [--quick] [--attacks copa ...]
 
 1. Run time of ``leakbook.security.audit`` at 16x16 and 32x32 input for CNN6,
    CNN6-d, DLG's LeNet and Chen & Campbell's cnn4_c2 (one thread).
@@ -55,7 +55,8 @@ def zoo() -> list[dict]:
              make=lambda: models.build("cnn6")),
         dict(name="cnn6_d", family="R-GAP", loss="logistic",
              make=lambda: models.build("cnn6_d")),
-        dict(name="cnn6 narrow (6-18-18-18-32-64)", family="R-GAP variant", loss="logistic",
+        dict(name="cnn6 narrow (6-18-18-18-32-64)", family="R-GAP variant",
+             loss="logistic",
              make=lambda: models.build("cnn6", widths=(6, 18, 18, 18, 32, 64))),
         dict(name="cnn6 bottleneck (12-8-36-36-64-128)", family="R-GAP variant",
              loss="logistic",
@@ -144,7 +145,8 @@ def probe_accuracy(model: nn.Module, channels: int, size: int, flat: bool) -> fl
     f = torch.cat([f, torch.ones(len(f), 1, dtype=f.dtype)], dim=1)
     onehot = torch.nn.functional.one_hot(y, 10).to(f.dtype)
     a, t = f[:1200], onehot[:1200]
-    w = torch.linalg.solve(a.T @ a + 1.0 * torch.eye(a.shape[1], dtype=a.dtype), a.T @ t)
+    ridge = torch.eye(a.shape[1], dtype=a.dtype)
+    w = torch.linalg.solve(a.T @ a + ridge, a.T @ t)
     return float(((f[1200:] @ w).argmax(1) == y[1200:]).double().mean())
 
 
@@ -173,16 +175,19 @@ def timing(sizes=(16, 32)) -> list[dict]:
             a = security.audit(model, (3, size, size))
             rows.append(dict(model=name, size=size,
                              seconds=round(time.perf_counter() - start, 3),
-                             largest_layer_seconds=round(max(r.seconds for r in a.layers), 3),
+                             largest_layer_seconds=round(max(r.seconds
+                                                             for r in a.layers), 3),
                              copa_index=a.copa_index, ra_index=a.ra_index))
-            print(f"audit {name} {size}x{size}: {rows[-1]['seconds']:.2f} s", flush=True)
+            print(f"audit {name} {size}x{size}: {rows[-1]['seconds']:.2f} s",
+                  flush=True)
     return rows
 
 
 def audit_row(entry, model, x, shape) -> dict:
     """The audit, parameter count, probe accuracy and PSNR caps of one zoo model."""
     a = security.audit(model, shape if entry["name"] != "fcn3" else (784,))
-    probe = probe_accuracy(model, entry["channels"], entry["size"], entry["name"] == "fcn3")
+    probe = probe_accuracy(model, entry["channels"], entry["size"],
+                           entry["name"] == "fcn3")
     row = dict(family=entry["family"], loss=entry["loss"], input_shape=list(shape),
                parameters=sum(p.numel() for p in model.parameters()),
                probe_accuracy=round(probe, 4), scores=a.scores(), layers=a.to_rows())
@@ -211,7 +216,8 @@ def zoo_experiment(budget: str, only=None) -> list[dict]:
             row.update(audit_row(entry, model, x, shape))
         for attack, fn in attacks.items():
             row["attacks"][attack] = run_attack(fn, model, grads, y, x, entry["loss"])
-            print(f"{entry['name']:40s} {attack:20s} {row['attacks'][attack]}", flush=True)
+            print(f"{entry['name']:40s} {attack:20s} {row['attacks'][attack]}",
+                  flush=True)
         rows.append(row)
     return rows
 
@@ -222,7 +228,8 @@ def main(argv=None) -> None:
     parser.add_argument("--skip-zoo", action="store_true")
     parser.add_argument("--attacks", nargs="+", default=None,
                         help="run only these attacks and merge them into --out")
-    parser.add_argument("--out", default=str(ROOT / "chapters/data/security_bench.json"))
+    parser.add_argument("--out",
+                        default=str(ROOT / "chapters/data/security_bench.json"))
     args = parser.parse_args(argv)
     lb.seed_everything(0, threads=1)
     started = time.time()
@@ -237,7 +244,8 @@ def main(argv=None) -> None:
         return
     result = dict(command="PYTHONPATH=. python benchmarks/security.py"
                   + (" --quick" if args.quick else ""),
-                  machine=dict(python=platform.python_version(), torch=torch.__version__,
+                  machine=dict(python=platform.python_version(),
+                               torch=torch.__version__,
                                threads=torch.get_num_threads(),
                                load=open("/proc/loadavg").read().split()[:3]),
                   audit_seed=0, audit_rtol=1e-6, timing=timing())
