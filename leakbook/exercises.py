@@ -66,7 +66,107 @@ def same_multiset(answer, expected, hint: str = "") -> bool:
 # --- chapters 04-05 ---------------------------------------------------------
 
 
+@register("ch04-ex-distance")
+def _ch04_distance(answer, model, x, y) -> bool:
+    """DLG's L2 distance between the gradients of (x, y) and (x, (y + 1) % C)."""
+    from .attacks.matching import l2_distance
+    from .fl import shared_gradients
+    c = model(x).shape[-1]
+    expected = l2_distance(shared_gradients(model, x, (y + 1) % c),
+                           shared_gradients(model, x, y))
+    return close(answer, expected, rtol=1e-4,
+                 hint="Sum the squared differences over every parameter tensor.")
+
+
+@register("ch04-ex-scale")
+def _ch04_scale(answer) -> bool:
+    """The loss factor c of a client that used 0.5 * CE."""
+    return close(answer, 0.5, rtol=1e-3,
+                 hint="Divide the shared bias gradient of the true class by p_c - 1.")
+
+
+@register("ch04-ex-iterations")
+def _ch04_iterations(answer, loss_history) -> bool:
+    """First iteration at which the distance is below 1e-6 of its start."""
+    h = torch.as_tensor(loss_history, dtype=torch.float64)
+    below = (h < 1e-6 * h[0]).nonzero()
+    if len(below) == 0:
+        return verdict(False, "This run never got below 1e-6: run more iterations.")
+    return verdict(int(answer) == int(below[0]),
+                   "Count from 0 and take the first index below the threshold.")
+
+
+@register("ch05-ex-tv")
+def _ch05_tv(answer, x) -> bool:
+    """Anisotropic total variation of an image batch x."""
+    from .attacks.matching import total_variation
+    return close(answer, total_variation(x, {}), rtol=1e-5,
+                 hint="Mean absolute difference of horizontal neighbours plus "
+                      "that of vertical neighbours.")
+
+
+@register("ch05-ex-bn-mean")
+def _ch05_bn_mean(answer, batch_mean) -> bool:
+    """A BN layer's batch mean recovered from its running-mean update."""
+    return close(answer, batch_mean, rtol=1e-4, atol=1e-6,
+                 hint="running_new = (1 - momentum) running_old + momentum batch_mean.")
+
+
+@register("ch05-ex-cosine")
+def _ch05_cosine(answer) -> bool:
+    """Cosine distance between c * g and g for any c > 0."""
+    return close(answer, 0.0, atol=1e-6,
+                 hint="The cosine does not change when a vector is scaled by c > 0.")
+
+
+
 # --- chapters 07-08 ---------------------------------------------------------
+
+# chapter 07 (linear systems, R-GAP, COPA)
+
+@register("ch07-ex-rank")
+def _ch07_rank(answer) -> bool:
+    """Rank of [K; A] for Conv2d(3, 4, 3, stride 2) on 3x11x11: rows minus O^2."""
+    from torch import nn
+    from .attacks import linear_systems as ls
+    layer = nn.Conv2d(3, 4, kernel_size=3, stride=2).double()
+    delta = torch.randn(4, 5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    system = torch.cat([ls.conv_gradient_matrix(layer, (3, 11, 11), delta),
+                        ls.conv_matrix(layer, (3, 11, 11))])
+    expected = int(torch.linalg.matrix_rank(system))
+    try:
+        ok = int(answer) == expected
+    except (TypeError, ValueError):
+        return verdict(False, "Give the rank as an integer.")
+    return verdict(ok, "Count the rows of both blocks, then subtract one per pair of filters.")
+
+
+@register("ch07-ex-margin")
+def _ch07_margin(answer) -> bool:
+    """The margin mu with -mu / (1 + e^mu) = 0.2."""
+    from .attacks.recursive import solve_margin
+    return close(answer, solve_margin(0.2), rtol=1e-6, atol=1e-8,
+                 hint="A positive <grad, w> means mu < 0; solve -mu/(1+e^mu) = 0.2 there.")
+
+
+@register("ch07-ex-invisible")
+def _ch07_invisible(answer) -> bool:
+    """Mask (3, 32, 32) of the input pixels of cnn3_c1 that reach no gradient."""
+    from .attacks import linear_systems as ls
+    from .models import build
+    net = build("cnn3_c1")
+    mid = ls.unread_pixels(net[2], (6, 30, 30))[0].flatten()
+    taps = ls.patch_indices(net[0], (3, 32, 32))
+    seen = torch.zeros(3 * 32 * 32, dtype=torch.bool)
+    seen[taps[:, ~mid].flatten()] = True
+    expected = ~seen.reshape(3, 32, 32)
+    answer = torch.as_tensor(answer)
+    if answer.shape != expected.shape:
+        return verdict(False, f"Expected a mask of shape {tuple(expected.shape)}.")
+    return verdict(bool(torch.equal(answer.bool(), expected)),
+                   "A pixel is visible if some first-layer output that reads it is "
+                   "read by the second layer.")
+
 
 
 @register("ch08-ex-rank")

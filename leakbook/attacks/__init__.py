@@ -2,10 +2,11 @@
 
 Every image attack returns a :class:`Reconstruction`.
 """
-from . import matching
+from . import labels, matching
+from .hybrid import copa
 from .matching import REGULARIZERS, dlg, idlg, inverting_gradients
+from .recursive import rgap
 from .result import Reconstruction
-from .rgap import rgap
 
-__all__ = ["Reconstruction", "matching", "dlg", "idlg", "inverting_gradients",
-           "REGULARIZERS", "rgap"]
+__all__ = ["Reconstruction", "labels", "matching", "dlg", "idlg", "inverting_gradients",
+           "REGULARIZERS", "copa", "rgap"]

@@ -21,6 +21,7 @@ from scipy.linalg import solve_triangular
 
 from ..checks import check_grads
 from ..fl import loss_fn as _loss_fn
+from .labels import recover
 from .result import Reconstruction
 
 # --- shared pieces -----------------------------------------------------------
@@ -293,33 +294,16 @@ def dlg(model: torch.nn.Module, grads, shape, labels=None, *, loss="ce",
                "soft_labels": soft, "labels_given": labels is not None})
 
 
-def _sign_rule_labels(model: torch.nn.Module, grads, batch_size: int) -> torch.Tensor:
-    """Private stand-in for chapter 03's ``labels.recover(..., method="idlg")``.
-
-    One sample: the last layer's weight-gradient row with the most negative sum.
-    """
-    if batch_size != 1:
-        raise ValueError("the sign rule recovers the label of one sample only")
-    return torch.tensor([int(grads[-2].sum(dim=1).argmin())])
-
-
-def recover_labels(model: torch.nn.Module, grads, batch_size: int) -> torch.Tensor:
-    """Labels for iDLG: chapter 03's recovery when present, else the sign rule."""
-    try:
-        from .labels import recover
-    except ImportError:
-        return _sign_rule_labels(model, grads, batch_size)
-    return torch.as_tensor(recover(model, grads, batch_size, method="idlg")).long()
-
-
 def idlg(model: torch.nn.Module, grads, shape, **kwargs) -> Reconstruction:
     """iDLG: recover the label from the gradient's signs first, then run DLG on x alone.
 
-    Same arguments as ``dlg`` (without labels). Taught in chapter 04.
+    Labels come from chapter 03's ``labels.recover`` (method "idlg" for one
+    sample; "yin", which assumes distinct labels, for a batch). Same
+    arguments as ``dlg`` (without labels). Taught in chapter 04.
     """
     grads = check_grads(model, grads)
     shape = _check_shape(model, shape)
-    labels = recover_labels(model, grads, shape[0])
+    labels = recover(model, grads, shape[0], method="idlg" if shape[0] == 1 else "yin")
     rec = dlg(model, grads, shape, labels=labels, **kwargs)
     rec.stats["labels_given"] = False
     rec.stats["labels_recovered"] = True

@@ -159,18 +159,19 @@ def rgap(model: nn.Module, grads, labels=None, *, input_shape, grad_weight: floa
     branch: which margin to take when the logistic head has two ("small"/"large").
     Returns a Reconstruction with images (1, *input_shape) in the model's
     dtype and ``stats["layers"]``, one dict per layer from the top down
-    (unknowns, rows, rank, deficiency, condition, residuals).
+    (unknowns, rows, rank, deficiency, condition, residuals, and the
+    recovered ``input`` of that layer, flat, float64).
     """
     start = time.perf_counter()
     dtype = next(model.parameters()).dtype
     net, parts, acts, grads = _prepare(model, grads, input_shape, clip)
     x, delta, head_stats = invert_head(parts[-1], grads, labels, branch)
-    layer_stats = [{"layer": parts[-1].name, **head_stats}]
+    layer_stats = [{"layer": parts[-1].name, **head_stats, "input": x}]
     for i in range(len(parts) - 2, -1, -1):
         z, delta = step_down(parts[i + 1], acts[i], x, delta, parts[i])
         system = layer_system(parts[i], z, delta, grads, grad_weight, scale)
         x, stats = system.solve(diagnostics, spectrum, dense_limit=dense_limit)
-        layer_stats.append({"layer": parts[i].name, **stats})
+        layer_stats.append({"layer": parts[i].name, **stats, "input": x})
     if not torch.isfinite(x).all():
         raise ValueError("the reconstruction is not finite: a layer's system is singular")
     labels_out = None if labels is None else torch.as_tensor(labels).flatten()

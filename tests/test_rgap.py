@@ -1,0 +1,134 @@
+"""R-GAP and COPA: exact where the layer systems are full rank, clear errors elsewhere."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import leakbook as lb
+from leakbook.attacks import copa, rgap
+from leakbook.attacks.layers import Activation, blocks
+from leakbook.attacks.recursive import solve_margin
+
+F64 = torch.float64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small dense solves: one thread avoids oversubscription on a shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _flipped_label(net, x):
+    """R-GAP's convention: the label opposite to the prediction (a unique margin)."""
+    with torch.no_grad():
+        return torch.tensor([0 if net(x).item() > 0 else 1])
+
+
+def test_rgap_exact_on_bias_free_cnn6_logistic_float64():
+    x, _ = lb.data.load("photos", 1, seed=1, size=8, dtype=F64)
+    net = lb.models.build("cnn6", seed=0, dtype=F64, image_size=8)
+    y = _flipped_label(net, x)
+    g = lb.fl.shared_gradients(net, x, y, loss="logistic")
+    rec = rgap(net, g, y, input_shape=(3, 8, 8))
+    assert rec.images.dtype == F64 and rec.images.shape == x.shape
+    assert (rec.images - x).abs().max() < 1e-7
+    layers = rec.stats["layers"]
+    assert layers[0]["head"] == "logistic margin" and not layers[0]["two_roots"]
+    assert all(s["deficiency"] == 0 and s["condition"] < 1e5 for s in layers[1:])
+
+
+def test_rgap_exact_on_bias_free_mlp_logistic_float64():
+    net = lb.models.build("mlp", seed=2, dtype=F64, in_features=16, widths=(40, 24),
+                          num_classes=1, activation="leaky_relu", bias=False)
+    x = torch.rand(1, 1, 4, 4, dtype=F64, generator=torch.Generator().manual_seed(0))
+    y = _flipped_label(net, x)
+    g = lb.fl.shared_gradients(net, x, y, loss="logistic")
+    rec = rgap(net, g, y, input_shape=(1, 4, 4))
+    assert (rec.images - x).abs().max() < 1e-9
+
+
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid", "leaky_relu"])
+def test_rgap_exact_with_biases_and_cross_entropy(activation):
+    x, _ = lb.data.load("photos", 1, seed=3, size=8, dtype=F64)
+    net = lb.models.build("cnn6", seed=1, dtype=F64, image_size=8, num_classes=10,
+                          bias=True, activation=activation)
+    y = torch.tensor([4])
+    g = lb.fl.shared_gradients(net, x, y)
+    rec = rgap(net, g, input_shape=(3, 8, 8), diagnostics=False)
+    assert (rec.images - x).abs().max() < 1e-5
+    assert rec.labels.tolist() == [4]          # the bias gradient's sign gives it
+
+
+def test_margin_solver_roots():
+    for mu in (-3.0, -0.2, 0.5, 3.0):
+        value = -mu / (1 + math.exp(mu))
+        branch = "small" if mu < 1.2784 else "large"
+        assert solve_margin(value, branch) == pytest.approx(mu, abs=1e-10)
+    with pytest.raises(ValueError, match="minimum"):
+        solve_margin(-0.5)
+
+
+def test_spectrum_and_scale_fix():
+    x, _ = lb.data.load("photos", 1, seed=0, size=8)
+    net = lb.models.build("cnn6", seed=0, image_size=8)
+    y = _flipped_label(net, x)
+    g = lb.fl.shared_gradients(net, x, y, loss="logistic")        # float32, as shared
+    fixed = rgap(net, g, y, input_shape=(3, 8, 8), spectrum=True)
+    raw = rgap(net, g, y, input_shape=(3, 8, 8), scale=False, diagnostics=False)
+    assert lb.metrics.psnr(fixed.images, x) > 100
+    assert lb.metrics.psnr(fixed.images, x) > lb.metrics.psnr(raw.images, x) + 20
+    sv = fixed.stats["layers"][-1]["singular_values"]
+    assert sv.shape == (3 * 8 * 8,) and (sv[:-1] >= sv[1:]).all()
+
+
+def test_copa_beats_the_linear_solve_on_a_rank_deficient_network():
+    x, y = lb.data.load("photos", 1, seed=0, size=12, dtype=F64)
+    x = x - 0.5
+    net = lb.models.build("cnn3_c1", seed=0, dtype=F64, image_size=12)
+    g = lb.fl.shared_gradients(net, x, y)
+    rec = copa(net, g, y, input_shape=(3, 12, 12), steps=200)
+    assert rec.stats["deficient_layer"] is not None
+    assert rec.loss_history[-1] < 1e-3 * rec.loss_history[0]
+    linear = lb.metrics.psnr(rec.stats["linear_images"], x)
+    assert lb.metrics.psnr(rec.images, x) > linear + 1.5
+
+
+def test_copa_on_a_full_rank_network_is_exact():
+    x, _ = lb.data.load("photos", 1, seed=1, size=8, dtype=F64)
+    net = lb.models.build("cnn6", seed=0, dtype=F64, image_size=8)
+    y = _flipped_label(net, x)
+    g = lb.fl.shared_gradients(net, x, y, loss="logistic")
+    rec = copa(net, g, y, input_shape=(3, 8, 8))
+    assert rec.stats["deficient_layer"] is None and (rec.images - x).abs().max() < 1e-7
+
+
+def test_clear_errors():
+    x, _ = lb.data.load("photos", 1, seed=0, size=8)
+    relu = lb.models.build("cnn6", image_size=8, activation="relu")
+    g = lb.fl.shared_gradients(relu, x, torch.tensor([1]), loss="logistic")
+    with pytest.raises(ValueError, match="not invertible"):
+        rgap(relu, g, [1], input_shape=(3, 8, 8))
+    net = lb.models.build("cnn6", image_size=8)
+    with pytest.raises(ValueError, match="gradient tensors"):
+        rgap(net, g[:-1], [1], input_shape=(3, 8, 8))
+    with pytest.raises(ValueError, match="shape"):
+        rgap(net, [gi.T if gi.dim() == 2 else gi for gi in g], [1], input_shape=(3, 8, 8))
+    with pytest.raises(ValueError, match="input_shape"):
+        rgap(net, g, [1], input_shape=None)
+    with pytest.raises(ValueError, match="receives shape"):
+        rgap(net, g, [1], input_shape=(3, 16, 16))
+    with pytest.raises(ValueError, match="label"):
+        rgap(net, g, None, input_shape=(3, 8, 8))
+    pooled = nn.Sequential(nn.Conv2d(1, 2, 3), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(18, 1))
+    with pytest.raises(TypeError, match="MaxPool2d"):
+        blocks(pooled, (1, 8, 8))
+    no_bias = lb.models.build("cnn6", image_size=8, num_classes=10)
+    g10 = lb.fl.shared_gradients(no_bias, x, torch.tensor([3]))
+    with pytest.raises(ValueError, match="needs a bias"):
+        rgap(no_bias, g10, [3], input_shape=(3, 8, 8))
+    with pytest.raises(ValueError, match="not invertible"):
+        Activation(nn.ReLU())
