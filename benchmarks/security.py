@@ -100,6 +100,14 @@ def image(entry) -> tuple[torch.Tensor, torch.Tensor]:
     return x.to(torch.float64), y
 
 
+def _image_shape(shape):
+    """(1, n) of a flat input -> (1, 1, r, r) with r*r = n; image shapes unchanged."""
+    if len(shape) == 2:
+        side = math.isqrt(shape[1])
+        return (1, 1, side, side)
+    return shape
+
+
 def _attacks(budget: str) -> dict:
     """The attacks that are importable now, as callables (model, grads, y, x_shape)."""
     found = {}
@@ -116,10 +124,11 @@ def _attacks(budget: str) -> dict:
     try:
         from leakbook.attacks.matching import dlg, inverting_gradients
         it = 100 if budget == "quick" else 300
-        found["dlg"] = lambda m, g, y, s, loss: dlg(m, g, s, y, loss=loss, max_iter=it,
-                                                    max_time=30.0)
+        # gradient matching takes image-shaped data, also for FCN3 (Flatten first)
+        found["dlg"] = lambda m, g, y, s, loss: dlg(m, g, _image_shape(s), y, loss=loss,
+                                                    max_iter=it, max_time=30.0)
         found["inverting_gradients"] = lambda m, g, y, s, loss: inverting_gradients(
-            m, g, s, y, loss=loss, iterations=it)
+            m, g, _image_shape(s), y, loss=loss, iterations=it)
     except ImportError:
         pass
     return found
@@ -198,13 +207,15 @@ def audit_row(entry, model, x, shape) -> dict:
     return row
 
 
-def zoo_experiment(budget: str, only=None) -> list[dict]:
+def zoo_experiment(budget: str, only=None, names=None) -> list[dict]:
     attacks = _attacks(budget)
     if only:
         attacks = {k: v for k, v in attacks.items() if k in only}
     print("attacks available:", sorted(attacks), flush=True)
     rows = []
     for entry in zoo():
+        if names and entry["name"] not in names:
+            continue
         model = entry["make"]().to(torch.float64)
         shape = (entry["channels"], entry["size"], entry["size"])
         x, y = image(entry)
@@ -228,6 +239,8 @@ def main(argv=None) -> None:
     parser.add_argument("--skip-zoo", action="store_true")
     parser.add_argument("--attacks", nargs="+", default=None,
                         help="run only these attacks and merge them into --out")
+    parser.add_argument("--models", nargs="+", default=None,
+                        help="with --attacks: only these zoo models")
     parser.add_argument("--out",
                         default=str(ROOT / "chapters/data/security_bench.json"))
     args = parser.parse_args(argv)
@@ -235,10 +248,14 @@ def main(argv=None) -> None:
     started = time.time()
     if args.attacks:
         old = json.loads(Path(args.out).read_text())
-        new = {row["name"]: row for row in zoo_experiment("full", args.attacks)}
+        rows = zoo_experiment("full", args.attacks, args.models)
+        new = {row["name"]: row for row in rows}
         for row in old["zoo"]:
-            row["attacks"].update(new[row["name"]]["attacks"])
+            if row["name"] in new:
+                row["attacks"].update(new[row["name"]]["attacks"])
         old["command"] += " && ... --attacks " + " ".join(args.attacks)
+        if args.models:
+            old["command"] += " --models " + " ".join(f"'{m}'" for m in args.models)
         Path(args.out).write_text(json.dumps(old, indent=1))
         print("updated", args.out)
         return
