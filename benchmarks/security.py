@@ -32,6 +32,9 @@ from leakbook import fl, metrics, models, security
 from leakbook.models import make_activation
 
 ROOT = Path(__file__).resolve().parents[1]
+BUDGETS = {"rgap": "closed form", "copa": "300 L-BFGS correction steps",
+           "dlg": "300 L-BFGS iterations or 30 s, known label, one start",
+           "inverting_gradients": "300 signed-Adam steps, TV 1e-4, known label, one start"}
 
 
 def custom_cnn(spec, act="tanh", bias=True, in_channels=3, size=32, classes=10, seed=0):
@@ -118,7 +121,8 @@ def _attacks(budget: str) -> dict:
         pass
     try:
         from leakbook.attacks import copa
-        found["copa"] = lambda m, g, y, s, loss: copa(m, g, y, input_shape=s[1:])
+        found["copa"] = lambda m, g, y, s, loss: copa(m, g, y, input_shape=s[1:],
+                                                      steps=300)
     except ImportError:
         pass
     try:
@@ -253,6 +257,7 @@ def main(argv=None) -> None:
         for row in old["zoo"]:
             if row["name"] in new:
                 row["attacks"].update(new[row["name"]]["attacks"])
+        old["budgets"] = BUDGETS
         old["command"] += " && ... --attacks " + " ".join(args.attacks)
         if args.models:
             old["command"] += " --models " + " ".join(f"'{m}'" for m in args.models)
@@ -265,7 +270,7 @@ def main(argv=None) -> None:
                                torch=torch.__version__,
                                threads=torch.get_num_threads(),
                                load=open("/proc/loadavg").read().split()[:3]),
-                  audit_seed=0, audit_rtol=1e-6, timing=timing())
+                  audit_seed=0, audit_rtol=1e-6, budgets=BUDGETS, timing=timing())
     if not args.skip_zoo:
         try:
             result["zoo"] = zoo_experiment("quick" if args.quick else "full")
