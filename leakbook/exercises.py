@@ -286,4 +286,52 @@ def _ch07_invisible(answer) -> bool:
 
 
 
+@register("ch08-ex-rank")
+def _ch08_rank(answer, in_channels=3, out_channels=2, kernel=3, stride=1,
+               size=7) -> bool:
+    """The rank of a conv layer's system [K; A] (chapter 08)."""
+    from torch import nn
+
+    from . import security
+    if not isinstance(answer, int):
+        return verdict(False, f"Give the rank as an int, got {type(answer).__name__}.")
+    conv = nn.Conv2d(in_channels, out_channels, kernel, stride)
+    rank = security.audit(nn.Sequential(conv), (in_channels, size, size)).layers[0].rank
+    return verdict(answer == rank, "Count gradient rows and forward rows, then "
+                   "subtract the directions identity B puts in both: O * min(O, L).")
+
+
+@register("ch08-ex-blind")
+def _ch08_blind(answer, model=None, input_shape=None) -> bool:
+    """The blind-spot mask of a model (chapter 08)."""
+    from . import security
+    mask = security.blind_spot(model, input_shape)
+    a = torch.as_tensor(answer)
+    if a.shape != mask.shape:
+        return verdict(False, f"Expected a mask of shape {tuple(mask.shape)}, "
+                       f"got {tuple(a.shape)}.")
+    wrong = int((a.bool() != mask).sum())
+    return verdict(wrong == 0, f"{wrong} entries differ. Follow which output positions "
+                   "the layer above reads, from the top down.")
+
+
+@register("ch08-ex-safer")
+def _ch08_safer(answer, size=16) -> bool:
+    """Widest second conv of cnn3_c1 that still leaves its layer rank-deficient."""
+    from torch import nn
+
+    from . import security
+    if not isinstance(answer, int) or answer < 1:
+        return verdict(False, "Give a positive int: the number of output channels.")
+    n_in = (size - 2)
+
+    def deficient(o):
+        conv = nn.Conv2d(6, o, 4, 2)
+        return security.rank_bound(conv, (6, n_in, n_in)) < 6 * n_in * n_in
+
+    ok = deficient(answer) and not deficient(answer + 1)
+    return verdict(ok, "Audit the two-layer net for each width and watch the "
+                   "deficiency of the second conv reach 0.")
+
+
 # --- chapters 09-10 ---------------------------------------------------------

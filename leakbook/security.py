@@ -1,0 +1,473 @@
+"""How much does an architecture leak? A per-layer audit of its linear systems.
+
+Taught in chapter 08. For every Conv2d/Linear layer of a sequential model,
+``audit(model, input_shape)`` counts the unknowns (the layer's input entries)
+and the constraints an attacker gets on them:
+
+- gradient constraints: dL/dW = K(delta) x, one row per weight entry;
+- forward constraints: W x = z - b, one row per output entry (z known from the
+  layer above through the inverse activation);
+- virtual constraints: if a layer below is narrower, this layer's input lies
+  on a set of lower dimension, which counts as extra (implicit) constraints.
+
+It then measures what the count can only bound: the numerical rank of the
+stacked system [K; A] at generic (random) weights and a random backpropagated
+signal, and combines the rank deficiencies into Chen & Campbell's COPA index.
+It also finds the input pixels that no gradient depends on (a blind spot of
+strides and padding) and the PSNR cap they imply.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+import scipy.sparse.csgraph  # noqa: F401  (sp.csgraph)
+import torch
+from torch import nn
+
+from .attacks.linear_systems import (conv_gradient_matrix, conv_matrix, output_shape,
+                                     patch_indices, unread_pixels)
+
+#: Elementwise activations the audit accepts (name -> invertible on its range?).
+ELEMENTWISE = {nn.ReLU: False, nn.LeakyReLU: True, nn.Sigmoid: True, nn.Tanh: True,
+               nn.Softplus: True, nn.SiLU: False, nn.ELU: True, nn.GELU: False,
+               nn.Identity: True}
+
+
+# --- walking the model ------------------------------------------------------------
+
+
+def _leaves(module: nn.Module, prefix: str = ""):
+    """(path, module) of the leaves of a (nested) nn.Sequential, in order."""
+    if not isinstance(module, nn.Sequential):
+        raise TypeError(f"audit needs an nn.Sequential (possibly nested); "
+                        f"'{prefix or 'model'}' is a {type(module).__name__} whose "
+                        "forward() the audit cannot read")
+    for name, child in module.named_children():
+        path = f"{prefix}.{name}" if prefix else name
+        if isinstance(child, nn.Sequential):
+            yield from _leaves(child, path)
+        else:
+            yield path, child
+
+
+def _describe(layer: nn.Module) -> str:
+    if isinstance(layer, nn.Conv2d):
+        (k, _), (s, _), (p, _) = layer.kernel_size, layer.stride, layer.padding
+        bias = "" if layer.bias is None else ", bias"
+        return f"Conv {layer.in_channels}->{layer.out_channels} k{k} s{s} p{p}{bias}"
+    bias = "" if layer.bias is None else ", bias"
+    return f"Linear {layer.in_features}->{layer.out_features}{bias}"
+
+
+def weight_layers(model: nn.Module, input_shape) -> list[dict]:
+    """The model's Conv2d/Linear layers with their input/output shapes.
+
+    input_shape: (C, H, W) or (n,) of ONE sample. Returns a list of dicts with
+    keys path, layer, in_shape, out_shape, act (the activation that follows, or
+    None). Raises ValueError naming any layer that is not Conv2d, Linear,
+    Flatten or an elementwise activation. Taught in chapter 08.
+    """
+    shape = tuple(int(s) for s in input_shape)
+    if len(shape) not in (1, 3) or min(shape) < 1:
+        raise ValueError(f"input_shape must be (C, H, W) or (n,) with positive sizes, "
+                         f"got {tuple(input_shape)}")
+    rows = []
+    for path, layer in _leaves(model):
+        if isinstance(layer, nn.Conv2d):
+            if len(shape) != 3:
+                raise ValueError(f"layer '{path}' (Conv2d) receives shape {shape}, "
+                                 "not (C, H, W)")
+            try:
+                out = output_shape(layer, shape)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"layer '{path}' (Conv2d): {err}") from None
+            if min(out) < 1:
+                raise ValueError(f"layer '{path}' (Conv2d) gets an input {shape} "
+                                 "too small")
+            rows.append(dict(path=path, layer=layer, in_shape=shape, out_shape=out,
+                             act=None))
+            shape = out
+        elif isinstance(layer, nn.Linear):
+            if len(shape) != 1 or shape[0] != layer.in_features:
+                raise ValueError(f"layer '{path}' (Linear {layer.in_features}->"
+                                 f"{layer.out_features}) receives shape {shape}; "
+                                 "put an nn.Flatten before it or fix input_shape")
+            out = (layer.out_features,)
+            rows.append(dict(path=path, layer=layer, in_shape=shape, out_shape=out,
+                             act=None))
+            shape = out
+        elif isinstance(layer, nn.Flatten):
+            if layer.start_dim != 1 or layer.end_dim != -1:
+                raise ValueError(f"layer '{path}': only nn.Flatten() with the default "
+                                 "start_dim=1, end_dim=-1 is supported")
+            shape = (math.prod(shape),)
+        elif type(layer) in ELEMENTWISE:
+            if rows and rows[-1]["act"] is None:
+                rows[-1]["act"] = layer
+        else:
+            names = ", ".join(t.__name__ for t in ELEMENTWISE)
+            raise ValueError(f"layer '{path}' ({type(layer).__name__}) is not "
+                             "supported: the audit handles Conv2d, Linear, Flatten "
+                             f"and elementwise activations ({names})")
+    if not rows:
+        raise ValueError("the model has no Conv2d or Linear layer to audit")
+    return rows
+
+
+# --- the blind spot -----------------------------------------------------------------
+
+
+def blind_spot(model: nn.Module, input_shape) -> torch.Tensor:
+    """Boolean mask of the input entries that no gradient depends on.
+
+    An input entry reaches the loss only through output positions that some
+    later layer reads; strides and missing padding can leave rows and columns
+    that no path connects to the output. Gradients do not change when those
+    entries change, so no attack can recover them. Returns a (C, H, W) (or
+    (n,)) bool tensor, True = invisible. Taught in chapter 08.
+    """
+    rows = weight_layers(model, input_shape)
+    live = torch.ones(rows[-1]["out_shape"], dtype=torch.bool)
+    for row in reversed(rows):
+        layer, in_shape = row["layer"], row["in_shape"]
+        live = live.reshape(row["out_shape"])
+        if isinstance(layer, nn.Linear):
+            # a Linear output row reads every input (structurally)
+            live = torch.full(in_shape, bool(live.any()))
+            continue
+        idx = patch_indices(layer, in_shape)                 # (C*k*k, L)
+        used = live.any(dim=0).flatten()                     # (L,) positions read
+        cols = idx[:, used]
+        seen = torch.zeros(math.prod(in_shape), dtype=torch.bool)
+        seen[cols[cols >= 0]] = True
+        live = seen.reshape(in_shape)
+    return ~live.reshape(tuple(int(s) for s in input_shape))
+
+
+def psnr_cap(x: torch.Tensor, blind: torch.Tensor, fill: str = "mean") -> float:
+    """PSNR (peak 1) of the best reconstruction that cannot see the blind pixels.
+
+    x: one image (C, H, W) or (1, C, H, W); blind: bool mask (C, H, W) from
+    ``blind_spot``. The reconstruction equals x on every visible pixel (a
+    perfect attack) and, on blind ones, ``fill``: "mean" = the mean of the
+    visible pixels of that channel, "nearest" = the nearest visible pixel of
+    the same channel (a simple inpainting prior). Uses the truth: it is a
+    metric, not an attack. inf if nothing is blind. Taught in chapter 08.
+    """
+    x = x.detach().to(torch.float64)
+    x = x[0] if x.dim() == 4 else x
+    if x.shape != blind.shape:
+        raise ValueError(f"image {tuple(x.shape)} and mask {tuple(blind.shape)} differ")
+    if not bool(blind.any()):
+        return float("inf")
+    if bool(blind.all()):
+        raise ValueError("every pixel is blind: nothing to anchor a reconstruction")
+    r = x.clone()
+    for c in range(x.shape[0]):
+        b = blind[c]
+        if not bool(b.any()):
+            continue
+        if fill == "mean":
+            r[c][b] = x[c][~b].mean()
+        elif fill == "nearest":
+            vis = torch.nonzero(~b).to(torch.float64)        # (V, 2)
+            hid = torch.nonzero(b).to(torch.float64)         # (B, 2)
+            nearest = torch.cdist(hid, vis).argmin(dim=1)
+            vi = vis[nearest].long()
+            r[c][b] = x[c][vi[:, 0], vi[:, 1]]
+        else:
+            raise ValueError(f"fill must be 'mean' or 'nearest', got {fill!r}")
+    mse = float(((r - x) ** 2).mean())
+    return float("inf") if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+# --- one layer's system -------------------------------------------------------------
+
+
+def _to_scipy(t: torch.Tensor) -> sp.csr_matrix:
+    t = t.coalesce()
+    i = t.indices().numpy()
+    return sp.csr_matrix((t.values().numpy(), (i[0], i[1])), shape=tuple(t.shape))
+
+
+def layer_gram(layer: nn.Module, in_shape, delta: torch.Tensor) -> np.ndarray:
+    """The smaller Gram matrix of the layer's stacked system S = [K/|K|; A/|A|].
+
+    K (n_w, n_x) is the gradient block (K x = dL/dW), A (n_z, n_x) the forward
+    block (A x = z - b); each is scaled to unit Frobenius norm so that neither
+    swamps the other. delta: dL/dz of one sample, the layer's output shape.
+    Returns S^T S (n_x, n_x) or, if S has fewer rows than columns, S S^T: both
+    have the rank of S. Dense float64. Taught in chapter 08.
+    """
+    if isinstance(layer, nn.Linear):
+        n = layer.in_features
+        w = layer.weight.detach().to(torch.float64).numpy()
+        # K = kron(delta, I_n): K^T K = |delta|^2 I, and |K|_F^2 = n |delta|^2
+        return np.eye(n) / n + w.T @ w / max((w ** 2).sum(), 1e-300)
+    k = _to_scipy(conv_gradient_matrix(layer, in_shape, delta, sparse=True))
+    a = _to_scipy(conv_matrix(layer, in_shape, sparse=True))
+    k = k / math.sqrt(max(k.multiply(k).sum(), 1e-300))
+    a = a / math.sqrt(max(a.multiply(a).sum(), 1e-300))
+    s = sp.vstack([k, a]).tocsr()
+    g = s @ s.T if s.shape[0] < s.shape[1] else s.T @ s
+    return np.asarray(g.todense())
+
+
+def numerical_rank(gram: np.ndarray, rtol: float) -> tuple[int, float, float]:
+    """Rank of S from the eigenvalues of S^T S: singular values s_i = sqrt(eig_i).
+
+    Counts s_i > rtol * s_max. Returns (rank, smallest kept s/s_max, largest
+    dropped s/s_max); a wide gap between the two means the rank is clear-cut.
+    """
+    eig = torch.linalg.eigvalsh(torch.from_numpy(gram)).clamp_min(0).numpy()
+    s = np.sqrt(eig[::-1]) / max(math.sqrt(eig[-1]), 1e-300)
+    keep = s > rtol
+    rank = int(keep.sum())
+    kept = float(s[rank - 1]) if rank else 0.0
+    dropped = float(s[rank]) if rank < len(s) else 0.0
+    return rank, kept, dropped
+
+
+def rank_bound(layer: nn.Module, in_shape) -> int:
+    """Structural prediction of the rank of a layer's system [K; A], generic weights.
+
+    Counting rows (n_w + n_z) over-estimates the rank, for three reasons:
+
+    - a tap of a strided conv reads only one polyphase sub-grid of its input
+      channel: group taps and pixels into connected components (tap reads
+      pixel); a component with T taps and P pixels gives at most min(O T, P)
+      independent gradient rows (sum: r_K);
+    - the O forward rows of one output position read only its r_l real
+      (non-padding) inputs: at most min(O, r_l) of them are independent
+      (sum, capped by the read inputs: r_A);
+    - identity B, for every pair of filters (o, o'): <dL/dw_o, w_o'> =
+      sum_l delta_ol z_o'l, so up to O min(O, L) directions lie in both the
+      gradient and the forward row spaces (L = output positions); the overlap
+      is at most min(r_K, r_A).
+
+    Returns min(read, r_K + r_A - min(O min(O, L), r_K, r_A)) for a Conv2d
+    and n_x for a Linear layer (K = delta (x) I has full column rank). A
+    prediction from counting, checked against the numerical rank in
+    tests/test_security.py and chapter 08. Taught in chapter 08.
+    """
+    n_x = math.prod(in_shape)
+    if isinstance(layer, nn.Linear):
+        return n_x
+    idx = patch_indices(layer, in_shape)                     # (M, L)
+    m, n_pos = idx.shape
+    taps, pos = torch.nonzero(idx >= 0, as_tuple=True)
+    graph = sp.coo_matrix((np.ones(len(taps)), (taps.numpy(),
+                                                 m + idx[taps, pos].numpy())),
+                          shape=(m + n_x, m + n_x))
+    _, label = sp.csgraph.connected_components(graph, directed=False)
+    n_taps = np.bincount(label[:m], minlength=label.max() + 1)
+    n_pix = np.bincount(label[m:], minlength=label.max() + 1)
+    o = layer.out_channels
+    read = n_x - int(unread_pixels(layer, in_shape).sum())
+    r_k = int(np.minimum(o * n_taps, n_pix).sum())
+    r_a = min(read, int(torch.clamp((idx >= 0).sum(dim=0), max=o).sum()))
+    overlap = min(o * min(o, n_pos), r_k, r_a)
+    return min(read, r_k + r_a - overlap)
+
+
+# --- the audit ------------------------------------------------------------------------
+
+
+@dataclass
+class LayerAudit:
+    """One row of the audit: a Conv2d or Linear layer and its linear system."""
+
+    index: int                 # position among the weight layers, from the input
+    path: str                  # module path inside the model
+    kind: str                  # short description
+    in_shape: tuple
+    out_shape: tuple
+    unknowns: int              # n_x: input entries of one sample
+    gradient_constraints: int  # n_w: weight entries
+    forward_constraints: int   # n_z: output entries
+    virtual_constraints: int   # n_v: codimension of the set of possible inputs
+    filters: int               # output channels (units): one identity-B dependency each
+    count_index: int           # n_x - n_w - n_z - n_v  (> 0: at least that many free)
+    rank_bound: int            # structural bound on the rank (see rank_bound)
+    rank: int                  # numerical rank of [K; A]
+    deficiency: int            # n_x - rank: unresolved directions
+    unread: int                # input entries this layer never reads
+    copa_weight: float         # (L - 1 - i) / (L - 1)
+    gap: tuple                 # (smallest kept, largest dropped) singular value / max
+    invertible_activation: bool
+    seconds: float
+
+
+@dataclass
+class Audit:
+    """The audit of a model: per-layer rows and the network's scores."""
+
+    layers: list
+    input_shape: tuple
+    blind: torch.Tensor        # bool mask of input entries no gradient depends on
+    seed: int
+    rtol: float
+    weights: str
+    notes: list = field(default_factory=list)
+
+    @property
+    def ra_index(self) -> int:
+        """R-GAP's rank-analysis index: the largest per-layer count index."""
+        return max(r.count_index for r in self.layers)
+
+    @property
+    def copa_index(self) -> int:
+        """Chen & Campbell's COPA index: -sum_i round(deficiency_i * weight_i), <= 0."""
+        return -sum(round(r.deficiency * r.copa_weight) for r in self.layers)
+
+    @property
+    def blind_pixels(self) -> int:
+        return int(self.blind.sum())
+
+    @property
+    def seconds(self) -> float:
+        return sum(r.seconds for r in self.layers)
+
+    def scores(self) -> dict:
+        """The network-level numbers as a plain dict."""
+        return dict(ra_index=self.ra_index, copa_index=self.copa_index,
+                    deficiency_first=self.layers[0].deficiency,
+                    deficiency_total=sum(r.deficiency for r in self.layers),
+                    blind_pixels=self.blind_pixels, seconds=round(self.seconds, 3))
+
+    def to_rows(self) -> list[dict]:
+        """One dict per layer (JSON-friendly)."""
+        keys = ["index", "path", "kind", "unknowns", "gradient_constraints",
+                "forward_constraints", "virtual_constraints", "filters", "count_index",
+                "rank_bound", "rank", "deficiency", "unread", "copa_weight"]
+        return [{k: getattr(r, k) for k in keys} | {"in_shape": list(r.in_shape),
+                                                    "gap": list(r.gap)}
+                for r in self.layers]
+
+    def _table(self, sep: str, markdown: bool) -> list[str]:
+        head = ["#", "layer", "input", "unknowns", "grad", "fwd", "virtual", "count",
+                "bound", "rank", "deficiency", "unread", "COPA w"]
+        body = [[str(r.index), r.kind, "x".join(map(str, r.in_shape)), str(r.unknowns),
+                 str(r.gradient_constraints), str(r.forward_constraints),
+                 str(r.virtual_constraints), str(r.count_index), str(r.rank_bound),
+                 str(r.rank),
+                 str(r.deficiency), str(r.unread), f"{r.copa_weight:.2f}"]
+                for r in self.layers]
+        widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
+        fmt = lambda cells: sep.join(c.rjust(w) if i != 1 else c.ljust(w)  # noqa: E731
+                                     for i, (c, w) in enumerate(zip(cells, widths)))
+        lines = [fmt(head)]
+        if markdown:
+            lines = ["| " + lines[0] + " |",
+                     "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+            lines += ["| " + fmt(b) + " |" for b in body]
+        else:
+            lines += [fmt(b) for b in body]
+        return lines
+
+    def _footer(self) -> list[str]:
+        s = self.scores()
+        lines = [f"RA index (max count) = {s['ra_index']}; "
+                 f"COPA index = {s['copa_index']}; "
+                 f"deficiency of the first layer = {s['deficiency_first']}; "
+                 f"blind input entries = {s['blind_pixels']}",
+                 f"ranks: {self.weights} weights and random delta (seed {self.seed}), "
+                 f"singular values above {self.rtol:g} x the largest; "
+                 f"{s['seconds']:.2f} s (Linear layers: rank n_x exactly, "
+                 "as K = delta x I)"]
+        return lines + list(self.notes)
+
+    def __str__(self) -> str:
+        return "\n".join(self._table("  ", False) + [""] + self._footer())
+
+    def to_markdown(self) -> str:
+        footer = ["- " + f for f in self._footer()]
+        return "\n".join(self._table(" | ", True) + [""] + footer)
+
+
+def _virtual(unknowns: list[int]) -> list[int]:
+    """n_v of each layer: its input width minus the narrowest width below it."""
+    out, narrowest = [], None
+    for n in unknowns:
+        narrowest = n if narrowest is None else min(narrowest, n)
+        out.append(n - narrowest)
+    return out
+
+
+def _system_layer(layer: nn.Module, weights: str, gen: torch.Generator) -> nn.Module:
+    """A float64 bias-free copy of the layer; weights as ``weights`` says."""
+    twin = copy.deepcopy(layer).to(torch.float64)
+    twin.bias = None
+    if weights == "random":
+        with torch.no_grad():
+            twin.weight.copy_(torch.randn(twin.weight.shape, generator=gen,
+                                          dtype=torch.float64))
+    return twin
+
+
+def audit(model: nn.Module, input_shape, seed: int = 0, rtol: float = 1e-6,
+          weights: str = "random") -> Audit:
+    """Audit every Conv2d/Linear layer of a sequential model; see the module doc.
+
+    input_shape: (C, H, W) or (n,) of one sample. weights: "random" draws
+    N(0, 1) weights from ``seed`` (the architecture's generic case) or "model"
+    uses the model's own. The backpropagated signal delta is N(0, 1) from
+    ``seed`` (generic: no dead units). rtol: relative singular-value tolerance
+    of the rank (the Gram matrix is formed in float64, which squares the
+    singular values: ratios below ~1e-7 are rounding noise, so keep rtol
+    well above that; the row's ``gap`` shows how clear-cut the cut is).
+    Returns an :class:`Audit`.
+    Taught in chapter 08.
+    """
+    if weights not in ("random", "model"):
+        raise ValueError(f"weights must be 'random' or 'model', got {weights!r}")
+    if not 0 < rtol < 1:
+        raise ValueError(f"rtol must be in (0, 1), got {rtol}")
+    rows = weight_layers(model, input_shape)
+    gen = torch.Generator().manual_seed(seed)
+    unknowns = [math.prod(r["in_shape"]) for r in rows]
+    virtual = _virtual(unknowns)
+    n_layers = len(rows)
+    out, notes = [], []
+    for i, row in enumerate(rows):
+        start = time.perf_counter()
+        layer, in_shape, out_shape = row["layer"], row["in_shape"], row["out_shape"]
+        twin = _system_layer(layer, weights, gen)
+        delta = torch.randn(out_shape, generator=gen, dtype=torch.float64)
+        if isinstance(layer, nn.Linear):
+            # K = delta (x) I_n has full column rank; its smallest singular value
+            # after scaling is 1/sqrt(n), a lower bound on the stack's.
+            rank, kept, dropped = unknowns[i], 1 / math.sqrt(unknowns[i]), 0.0
+        else:
+            gram = layer_gram(twin, in_shape, delta)
+            rank, kept, dropped = numerical_rank(gram, rtol)
+        if isinstance(layer, nn.Conv2d):
+            unread = int(unread_pixels(twin, in_shape).sum())
+            filters = layer.out_channels
+        else:
+            unread, filters = 0, layer.out_features
+        n_w, n_z = layer.weight.numel(), math.prod(out_shape)
+        act = row["act"]
+        invertible = act is None or ELEMENTWISE[type(act)]
+        if not invertible:
+            notes.append(f"layer {i} is followed by {type(act).__name__}, which is not "
+                         "invertible: its forward constraints are only partly "
+                         "available")
+        out.append(LayerAudit(
+            index=i, path=row["path"], kind=_describe(layer), in_shape=in_shape,
+            out_shape=out_shape, unknowns=unknowns[i], gradient_constraints=n_w,
+            forward_constraints=n_z, virtual_constraints=virtual[i], filters=filters,
+            count_index=unknowns[i] - n_w - n_z - virtual[i],
+            rank_bound=rank_bound(twin, in_shape), rank=rank,
+            deficiency=unknowns[i] - rank, unread=unread,
+            copa_weight=(n_layers - 1 - i) / (n_layers - 1) if n_layers > 1 else 1.0,
+            gap=(kept, dropped), invertible_activation=invertible,
+            seconds=time.perf_counter() - start))
+    blind = blind_spot(model, input_shape)
+    shape = tuple(int(s) for s in input_shape)
+    return Audit(out, shape, blind, seed, rtol, weights, notes)
