@@ -16,8 +16,9 @@ __all__ += ["analytic", "invert_fc", "last_layer_deltas", "solve_fc_inputs",
 
 # chapter 09: moment tensors from one gradient of a random two-layer network
 from . import tensor  # noqa: E402
-from .tensor import (direction_cosines, hermite_coefficient, moment_tensor,  # noqa: E402
-                     random_two_layer, symmetric_cp, tensor_decomposition)
+from .tensor import (direction_cosines, hermite_coefficient,  # noqa: E402
+                     moment_tensor, random_two_layer, symmetric_cp,
+                     tensor_decomposition)
 
 __all__ += ["tensor", "direction_cosines", "hermite_coefficient", "moment_tensor",
             "random_two_layer", "symmetric_cp", "tensor_decomposition"]

@@ -189,7 +189,7 @@ def _fit_weights(T: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
     return torch.linalg.lstsq(G, rhs[:, None]).solution[:, 0]
 
 
-def _als(T: torch.Tensor, U: torch.Tensor, iters: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _als(T: torch.Tensor, U: torch.Tensor, iters: int):
     """Symmetric ALS: U <- T_(1) (U * U) / ((U U^T)^2 (x) lambda), rows normalised."""
     d = T.shape[0]
     T1 = T.reshape(d, d * d)
@@ -206,16 +206,65 @@ def _als(T: torch.Tensor, U: torch.Tensor, iters: int) -> tuple[torch.Tensor, to
     return U, lam
 
 
-def symmetric_cp(T: torch.Tensor, rank: int, trials: int = 8, als_iters: int = 50,
-                 seed: int = 0) -> dict:
+def _cube_sum(V: torch.Tensor) -> torch.Tensor:
+    return torch.einsum("ka,kb,kc->abc", V, V, V)
+
+
+def _cube_jacobian(V: torch.Tensor) -> torch.Tensor:
+    """d vec(sum_k v_k^(x)3) / d vec(V): (d^3, B d)."""
+    B, d = V.shape
+    vv = (V[:, :, None] * V[:, None, :]).permute(1, 2, 0)       # (d, d, B)
+    J = torch.zeros(d, d, d, B, d, dtype=V.dtype)
+    ar = torch.arange(d)
+    J[ar, :, :, :, ar] += vv
+    J[:, ar, :, :, ar] += vv
+    J[:, :, ar, :, ar] += vv
+    return J.reshape(d ** 3, B * d)
+
+
+def _refine_lm(T: torch.Tensor, U: torch.Tensor, lam: torch.Tensor, iters: int):
+    """Levenberg-Marquardt on ||T - sum_k v_k^(x)3||^2 with v_k = cbrt(lambda_k) u_k.
+
+    Writing lambda u^(x)3 = (cbrt(lambda) u)^(x)3 removes the scale and sign
+    constraints; the Jacobian of v^(x)3 is analytic. Returns (U, lambda).
+    """
+    V = (torch.sign(lam) * lam.abs() ** (1 / 3))[:, None] * U
+    r = _cube_sum(V) - T
+    cost, mu = float((r ** 2).sum()), 1e-3
+    for _ in range(iters):
+        J = _cube_jacobian(V)
+        H, g = J.T @ J, J.T @ r.reshape(-1)
+        step = torch.linalg.solve(H + mu * torch.diag(H.diagonal() + 1e-12), -g)
+        V_new = V + step.reshape(V.shape)
+        r_new = _cube_sum(V_new) - T
+        cost_new = float((r_new ** 2).sum())
+        if math.isfinite(cost_new) and cost_new < cost:
+            done = cost - cost_new < 1e-12 * cost
+            V, r, cost, mu = V_new, r_new, cost_new, max(mu / 3, 1e-12)
+            if done:
+                break
+        else:
+            mu *= 4
+            if mu > 1e8:
+                break
+    norms = V.norm(dim=1)
+    if not torch.isfinite(V).all() or (norms < 1e-300).any():
+        return U, lam
+    return V / norms[:, None], norms ** 3
+
+
+def symmetric_cp(T: torch.Tensor, rank: int, trials: int = 8, als_iters: int = 20,
+                 lm_iters: int = 100, seed: int = 0) -> dict:
     """Rank-``rank`` symmetric CP decomposition T ~ sum_k lambda_k u_k^(x)3.
 
     T: (d, d, d) symmetric, rank <= d. Jennrich's algorithm in the span of the
     components: U = top singular vectors of the unfolding T_(1) (d, d^2); two
     random contractions M1, M2 of the reduced core; the eigenvectors of
     M1 M2^-1 are the components. Each of ``trials`` random pairs is refined by
-    symmetric ALS and the one with the smallest residual ||T - fit|| / ||T|| is
-    kept: the choice never looks at the truth.
+    ``als_iters`` steps of symmetric ALS, then by Levenberg-Marquardt (at most
+    ``lm_iters`` iterations; 0 skips it), and the one with the smallest
+    residual ||T - fit|| / ||T|| is kept (the loop stops early once two trials
+    agree on the smallest residual): the choice never looks at the truth.
     Returns dict(directions (rank, d) unit rows, weights (rank,), residual,
     residuals of all trials).
     """
@@ -241,10 +290,16 @@ def symmetric_cp(T: torch.Tensor, rank: int, trials: int = 8, als_iters: int = 5
         U = (Us @ V).T
         U = U / U.norm(dim=1, keepdim=True).clamp_min(1e-300)
         U, lam = _als(T, U, als_iters)
+        if lm_iters > 0:
+            U, lam = _refine_lm(T, U, lam, lm_iters)
         res = float((T - cp_tensor(lam, U)).norm()) / norm
         residuals.append(res)
         if math.isfinite(res) and (best is None or res < best[0]):
             best = (res, U, lam)
+        # two trials that reach the same smallest residual: a third will not beat it
+        if best is not None and sum(abs(v - best[0]) <= 1e-6 * best[0]
+                                    for v in residuals) >= 2:
+            break
     if best is None:
         raise ValueError("every Jennrich trial failed (non-finite residual)")
     return {"directions": best[1], "weights": best[2], "residual": best[0],
@@ -253,7 +308,7 @@ def symmetric_cp(T: torch.Tensor, rank: int, trials: int = 8, als_iters: int = 5
 
 def tensor_decomposition(model_or_weights, grads, batch_size: int,
                          gradient: str = "first", trials: int = 8,
-                         als_iters: int = 50, chunk: int = 8192,
+                         als_iters: int = 20, lm_iters: int = 100, chunk: int = 8192,
                          seed: int = 0) -> Reconstruction:
     """Recover a batch's unit-norm inputs from one gradient of a random 2-layer net.
 
@@ -295,7 +350,8 @@ def tensor_decomposition(model_or_weights, grads, batch_size: int,
         err = 1 / math.sqrt(w1 + w2)
     else:
         T, err = moment_tensor(W, a, gW, ga, gradient, chunk=chunk)
-    cp = symmetric_cp(T, batch_size, trials=trials, als_iters=als_iters, seed=seed)
+    cp = symmetric_cp(T, batch_size, trials=trials, als_iters=als_iters,
+                      lm_iters=lm_iters, seed=seed)
     stats = {"weights": cp["weights"], "residual": cp["residual"],
              "trial_residuals": cp["trial_residuals"],
              "tensor_error_estimate": err / float(T.norm()), "c3": c3,
