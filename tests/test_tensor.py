@@ -82,6 +82,26 @@ def test_recovery_from_shared_gradient():
     assert torch.allclose(lam, (rec.stats["c3"] * r).abs().sort().values, rtol=0.1)
 
 
+def test_weights_tuple_and_both_gradients():
+    d, B, m = 8, 3, 100_000
+    net = random_two_layer(d, m, "tanh", seed=5)
+    x, y = _batch(d, B, seed=6)
+    grads = lb.fl.shared_gradients(net, x, y, loss="mse")
+    W, a = net[0].weight.detach(), net[2].weight.detach()
+    rec = tensor_decomposition(net, grads, B)
+    rec_t = tensor_decomposition((W, a, torch.tanh), grads, B)
+    # same directions (order and sign may differ: BLAS round-off depends on
+    # memory alignment, and Jennrich's eigenvectors come in no fixed order)
+    assert float(direction_cosines(rec.images, rec_t.images).min()) > 1 - 1e-6
+    both = tensor_decomposition(net, grads, B, gradient="both")
+    out = tensor_decomposition(net, grads, B, gradient="output")
+    assert both.stats["tensor_error_estimate"] <= rec.stats["tensor_error_estimate"]
+    assert out.stats["tensor_error_estimate"] > 3 * rec.stats["tensor_error_estimate"]
+    assert float(direction_cosines(both.images, x).min()) > 0.99
+    with pytest.raises(ValueError, match="exactly 0"):
+        tensor_decomposition((W, a * 0, torch.tanh), grads, B)
+
+
 def test_symmetric_cp_exact():
     g = torch.Generator().manual_seed(1)
     U = torch.randn(5, 8, generator=g, dtype=torch.float64)
