@@ -340,7 +340,10 @@ def tensor_decomposition(model_or_weights, grads, batch_size: int,
     an input up to sign (for an odd activation the sign is not identifiable),
     in no particular order. stats: weights lambda_i ~ c_3 r_i, residual
     (relative CP fit error), tensor_error_estimate (estimated relative error of
-    the moment tensor, from batch means), c3, gradient, width, trial residuals.
+    the moment tensor, from batch means), c3, gradient, width, trial residuals,
+    tensor (the (d, d, d) estimate itself).
+    Raises ValueError for B > d, an activation with c_3 = 0 (ReLU), or a zero
+    output weight with gradient="first"; TypeError for other architectures.
     """
     t0 = time.perf_counter()
     W, a, sigma, gW, ga = _split(model_or_weights, grads)
