@@ -335,3 +335,59 @@ def _ch08_safer(answer, size=16) -> bool:
 
 
 # --- chapters 09-10 ---------------------------------------------------------
+
+
+@register("ch09-ex-sigmoid")
+def _ch09_sigmoid(answer) -> bool:
+    """c_3 = E[sigmoid'''(z)], z ~ N(0, 1), to 1e-4."""
+    from .attacks.tensor import hermite_coefficient
+    expected = hermite_coefficient(torch.sigmoid, 3)
+    try:
+        a = float(answer)
+    except (TypeError, ValueError):
+        return verdict(False, f"Expected a number, got {type(answer).__name__}.")
+    if abs(a - expected) <= 1e-4:
+        return verdict(True)
+    if abs(a + expected) <= 1e-4:
+        return verdict(False, "Right size, wrong sign: check the third derivative.")
+    return verdict(False, "Average the third derivative of the sigmoid against the "
+                   "standard normal density; sigmoid(z) = (1 + tanh(z / 2)) / 2 gives "
+                   "E[tanh'''(z / 2)] / 16 as a cross-check.")
+
+
+@register("ch09-ex-targets")
+def _ch09_targets(answer, truth, tol: float = 0.1) -> bool:
+    """Regression targets recovered from the CP weights, in any order, to ``tol``."""
+    e = torch.as_tensor(truth, dtype=torch.float64).flatten().sort().values
+    try:
+        a = torch.as_tensor(answer, dtype=torch.float64).flatten()
+    except (TypeError, ValueError, RuntimeError):
+        return verdict(False, f"Expected a tensor, got {type(answer).__name__}.")
+    if a.numel() != e.numel() or not torch.isfinite(a).all():
+        return verdict(False, f"Expected {e.numel()} finite targets, got {a.numel()}.")
+    if (a.sort().values - e).abs().max() <= tol:
+        return verdict(True)
+    if ((-a).sort().values - e).abs().max() <= tol:
+        return verdict(False, "All signs are flipped: use the sign-corrected "
+                       "directions and flip the weights with them.")
+    return verdict(False, "y_i = f(x_i) - (B / 2) r_i with r_i = lambda_i / c_3, where "
+                   "lambda_i is the weight of the (sign-corrected) direction x_i.")
+
+
+@register("ch09-ex-width")
+def _ch09_width(answer, rows, d: int = 20, B: int = 5, gradient: str = "output",
+                target: float = 0.05) -> bool:
+    """Width for a target tensor error under error = C / sqrt(m), C fitted; 10 %."""
+    sel = [r for r in rows if (r["d"], r["B"], r["gradient"]) == (d, B, gradient)]
+    consts = [r["tensor_error"] * r["m"] ** 0.5 for r in sel]
+    expected = (sum(consts) / len(consts) / target) ** 2
+    try:
+        a = float(answer)
+    except (TypeError, ValueError):
+        return verdict(False, f"Expected a number, got {type(answer).__name__}.")
+    if abs(a - expected) <= 0.1 * expected:
+        return verdict(True)
+    if abs(a ** 0.5 - expected) <= 0.1 * expected:
+        return verdict(False, "Solve C / sqrt(m) = target for m: square the ratio.")
+    return verdict(False, "Fit C = error * sqrt(m) on the output-layer rows at d = 20, "
+                   "B = 5, then m = (C / 0.05)^2.")

@@ -35,8 +35,15 @@ def strip(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
             cells.append(nbformat.v4.new_code_cell(stub))
             src = END.sub("", src, count=1)
         if cell.cell_type == "markdown" and START.search(src):
-            inside, checks = True, []
-            src = START.sub("", src)
+            cut = START.search(src).start()
+            head, tail = src[:cut], src[cut:]
+            if END.match(tail):  # a solution in prose only, inside this cell
+                if head.strip():
+                    cells.append(nbformat.v4.new_markdown_cell(head.strip("\n")))
+                cells.append(nbformat.v4.new_code_cell("# Your answer here.\n"))
+                src = END.sub("", tail, count=1)
+            else:
+                inside, checks, src = True, [], head
         if src.strip():
             cell.source = src.strip("\n")
             cells.append(cell)

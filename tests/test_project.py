@@ -68,12 +68,16 @@ def test_cited_keys_exist_in_references_bib():
     assert cited and cited <= keys, f"cited but not in references.bib: {cited - keys}"
 
 
-def test_headings_carry_no_hand_made_numbers():
-    """Jupyter Book numbers sections itself; '## 2.1 Title' would show '2.1. 2.1 Title'."""
+def test_titles_carry_the_chapter_number_and_sections_none():
+    """The title is '# 7. Title' (the book's chapter number, from the file name,
+    so a gap in the plan keeps the numbers readers see in the text); section
+    headings carry no hand-made numbers."""
     import re
     for nb_path in sorted((ROOT / "chapters").glob("*.ipynb")):
-        for cell in json.loads(nb_path.read_text())["cells"]:
-            if cell["cell_type"] == "markdown":
-                src = "".join(cell["source"])
-                bad = re.findall(r"(?m)^#{1,6}\s+\d+(?:\.\d+)*\.?\s", src)
-                assert not bad, f"{nb_path.name}: numbered heading {bad}"
+        cells = [c for c in json.loads(nb_path.read_text())["cells"] if c["cell_type"] == "markdown"]
+        title = "".join(cells[0]["source"]).splitlines()[0]
+        assert title.startswith(f"# {int(nb_path.name[:2])}. "), f"{nb_path.name}: title {title!r}"
+        for cell in cells:
+            src = "".join(cell["source"])
+            bad = re.findall(r"(?m)^#{2,6}\s+\d+(?:\.\d+)*\.?\s", src)
+            assert not bad, f"{nb_path.name}: numbered heading {bad}"

@@ -9,17 +9,19 @@ Every image attack returns a :class:`Reconstruction`.
 - ``layers``, ``layer_system``: a network as blocks; one layer's linear system (ch. 07)
 - ``recursive``: R-GAP, layer by layer from the output (ch. 07)
 - ``hybrid``: COPA, linear solves corrected by gradient matching (ch. 07)
+- ``tensor``: moment tensors of a random two-layer network, CP decomposition (ch. 09)
 """
 from . import (analytic, hybrid, labels, layer_system, layers, linear_systems, matching,
-               recursive)
+               recursive, tensor)
 from .analytic import (invert_fc, last_layer_deltas, solve_fc_inputs,
                        solve_last_layer_inputs)
 from .hybrid import copa
 from .matching import REGULARIZERS, dlg, idlg, inverting_gradients
 from .recursive import rgap
 from .result import Reconstruction
+from .tensor import tensor_decomposition
 
 __all__ = ["Reconstruction", "analytic", "hybrid", "labels", "layer_system", "layers",
            "linear_systems", "matching", "recursive", "invert_fc", "last_layer_deltas",
            "solve_fc_inputs", "solve_last_layer_inputs", "REGULARIZERS", "dlg", "idlg",
-           "inverting_gradients", "copa", "rgap"]
+           "inverting_gradients", "copa", "rgap", "tensor", "tensor_decomposition"]
