@@ -12,7 +12,6 @@ from leakbook.attacks import REGULARIZERS, dlg, idlg, inverting_gradients, match
 
 @pytest.fixture(scope="module")
 def case():
-    torch.set_num_threads(1)
     x, y = lb.data.load("photos", 1, seed=0, size=16)
     model = lb.models.build("lenet_dlg", seed=0, image_size=16)
     return model, x, y, lb.fl.shared_gradients(model, x, y)
@@ -117,7 +116,6 @@ def test_lbfgs_converges_and_flags_divergence():
 
 
 def test_bn_prior_and_statistics():
-    torch.set_num_threads(1)
     model = lb.models.build("resnet_tiny", seed=0, image_size=16)
     x, y = lb.data.load("photos", 2, seed=0, size=16)
     stats = lb.attacks.matching.batchnorm_statistics(model, x)

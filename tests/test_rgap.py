@@ -13,14 +13,6 @@ from leakbook.attacks.recursive import solve_margin
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small dense solves: one thread avoids oversubscription on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _flipped_label(net, x):
     """R-GAP's convention: the label opposite to the prediction (a unique margin)."""

@@ -15,13 +15,6 @@ from leakbook.attacks import linear_systems as ls
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _dense_rank(conv, shape, seed=0):
     """Rank of [K; A] by a dense SVD, as an independent check."""

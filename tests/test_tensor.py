@@ -10,14 +10,6 @@ from leakbook.attacks.tensor import (cp_tensor, direction_cosines, hermite_coeff
                                      tensor_decomposition)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # large dense products: two threads only contend on a loaded machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _batch(d, B, seed):
     g = torch.Generator().manual_seed(seed)
