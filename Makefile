@@ -53,7 +53,7 @@ browser: install
 	$(PY) -m pytest -q -p no:cacheprovider browser_tests
 
 lab: install
-	$(VENV)/bin/jupyter lab chapters/
+	$(VENV)/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) chapters/
 
 student: install
 	$(PY) scripts/strip_solutions.py
