@@ -7,7 +7,6 @@ PY      := $(VENV)/bin/python
 JB      := $(VENV)/bin/jupyter-book
 STAMP   := $(VENV)/.installed-stamp
 export OMP_NUM_THREADS ?= 2
-export MPLBACKEND ?= Agg
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
 .PHONY: install book test unit notebooks build-strict browser times lab clean student
