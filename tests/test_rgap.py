@@ -13,18 +13,23 @@ from leakbook.attacks.recursive import solve_margin
 F64 = torch.float64
 
 
-
 def _flipped_label(net, x):
     """R-GAP's convention: the label opposite to the prediction (a unique margin)."""
     with torch.no_grad():
         return torch.tensor([0 if net(x).item() > 0 else 1])
 
 
-def test_rgap_exact_on_bias_free_cnn6_logistic_float64():
+@pytest.fixture(scope="module")
+def cnn6_case():
+    """A bias-free CNN6 on one 8x8 photo, its R-GAP label and logistic gradients."""
     x, _ = lb.data.load("photos", 1, seed=1, size=8, dtype=F64)
     net = lb.models.build("cnn6", seed=0, dtype=F64, image_size=8)
     y = _flipped_label(net, x)
-    g = lb.fl.shared_gradients(net, x, y, loss="logistic")
+    return x, net, y, lb.fl.shared_gradients(net, x, y, loss="logistic")
+
+
+def test_rgap_exact_on_bias_free_cnn6_logistic_float64(cnn6_case):
+    x, net, y, g = cnn6_case
     rec = rgap(net, g, y, input_shape=(3, 8, 8))
     assert rec.images.dtype == F64 and rec.images.shape == x.shape
     assert (rec.images - x).abs().max() < 1e-7
@@ -89,11 +94,8 @@ def test_copa_beats_the_linear_solve_on_a_rank_deficient_network():
     assert lb.metrics.psnr(rec.images, x) > linear + 1.5
 
 
-def test_copa_on_a_full_rank_network_is_exact():
-    x, _ = lb.data.load("photos", 1, seed=1, size=8, dtype=F64)
-    net = lb.models.build("cnn6", seed=0, dtype=F64, image_size=8)
-    y = _flipped_label(net, x)
-    g = lb.fl.shared_gradients(net, x, y, loss="logistic")
+def test_copa_on_a_full_rank_network_is_exact(cnn6_case):
+    x, net, y, g = cnn6_case
     rec = copa(net, g, y, input_shape=(3, 8, 8))
     assert rec.stats["deficient_layer"] is None and (rec.images - x).abs().max() < 1e-7
 
