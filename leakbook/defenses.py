@@ -63,7 +63,7 @@ def clip(update, max_norm: float) -> list[torch.Tensor]:
     """Scale the update so that its global L2 norm is at most ``max_norm``.
 
     u -> u * min(1, max_norm / ||u||); an update already inside the ball is
-    returned unchanged (copied). max_norm > 0.
+    returned unchanged (copied). max_norm > 0. Taught in chapter 10.
     """
     update = _check_update(update)
     max_norm = _number(max_norm, "max_norm", strict=True)
@@ -76,6 +76,7 @@ def gaussian_noise(update, sigma: float, seed: int = 0) -> list[torch.Tensor]:
     """Add i.i.d. N(0, sigma^2) noise to every entry, drawn from ``seed``.
 
     sigma >= 0 is the standard deviation (DLG's "variance 1e-2" is sigma = 0.1).
+    Taught in chapter 10.
     """
     update = _check_update(update)
     sigma = _number(sigma, "sigma")
@@ -94,6 +95,7 @@ def clip_and_noise(update, max_norm: float, noise_multiplier: float,
     averaging. A guarantee (epsilon, delta) needs an accountant over all
     rounds (moments / RDP accounting) with the sampling rate of clients and
     the number of rounds; this function only applies one step of noise.
+    Taught in chapter 10.
     """
     z = _number(noise_multiplier, "noise_multiplier")
     clipped = clip(update, max_norm)
@@ -107,6 +109,7 @@ def prune(update, fraction: float, per_tensor: bool = False) -> list[torch.Tenso
     update (default) or within each tensor (``per_tensor=True``). Ties at the
     threshold are broken by position, so exactly round(fraction * n) entries
     are zeroed. DLG's "gradient pruning" / sparsification defence.
+    Taught in chapter 10.
     """
     update = _check_update(update)
     fraction = _number(fraction, "fraction")
@@ -135,7 +138,7 @@ def quantize(update, bits: int, stochastic: bool = False,
     step = (max - min) / (2**bits - 1). Deterministic rounding by default;
     ``stochastic=True`` rounds up with probability equal to the remainder
     (unbiased: E[q(t)] = t), drawn from ``seed``. bits >= 1 (int).
-    A constant tensor is returned unchanged.
+    A constant tensor is returned unchanged. Taught in chapter 10.
     """
     update = _check_update(update)
     if isinstance(bits, bool) or not isinstance(bits, int):
@@ -160,7 +163,8 @@ def quantize(update, bits: int, stochastic: bool = False,
     return out
 
 
-# name -> (function, name of its strength parameter)
+# name -> (function, name of its strength parameter); every function takes the
+# update first and returns a new list (clip_and_noise also needs max_norm).
 DEFENSES = {
     "clip": (clip, "max_norm"),
     "noise": (gaussian_noise, "sigma"),
