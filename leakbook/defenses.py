@@ -1,4 +1,4 @@
-"""Defences as transforms of a shared update (a list of gradient or weight-delta tensors).
+"""Defences as transforms of a shared update (a list of gradients or weight deltas).
 
 Each function takes the update a client is about to send, aligned with
 ``model.parameters()``, and returns a new list; the input is never changed.
@@ -81,7 +81,8 @@ def gaussian_noise(update, sigma: float, seed: int = 0) -> list[torch.Tensor]:
     update = _check_update(update)
     sigma = _number(sigma, "sigma")
     gen = torch.Generator().manual_seed(int(seed))
-    return [t + sigma * torch.randn(t.shape, generator=gen, dtype=t.dtype) for t in update]
+    return [t + sigma * torch.randn(t.shape, generator=gen, dtype=t.dtype)
+            for t in update]
 
 
 def clip_and_noise(update, max_norm: float, noise_multiplier: float,
