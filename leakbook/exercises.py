@@ -391,3 +391,48 @@ def _ch09_width(answer, rows, d: int = 20, B: int = 5, gradient: str = "output",
         return verdict(False, "Solve C / sqrt(m) = target for m: square the ratio.")
     return verdict(False, "Fit C = error * sqrt(m) on the output-layer rows at d = 20, "
                    "B = 5, then m = (C / 0.05)^2.")
+
+
+@register("ch10-ex-noise-error")
+def _ch10_noise_error(answer, grads, x, row: int, sigma: float,
+                      draws: int = 400) -> bool:
+    """Predicted rms error of the row-``row`` read-out under noise; 10 % of measured."""
+    from .defenses import gaussian_noise
+    try:
+        a = float(answer)
+    except (TypeError, ValueError):
+        return verdict(False, f"Expected a number, got {type(answer).__name__}.")
+    xf = torch.as_tensor(x, dtype=torch.float64).flatten()
+    sq = []
+    for seed in range(draws):
+        h = gaussian_noise(grads[:2], sigma, seed=seed)
+        sq.append(float(((h[0][row] / h[1][row] - xf) ** 2).sum()))
+    measured = (sum(sq) / len(sq)) ** 0.5
+    if abs(a - measured) <= 0.1 * measured:
+        return verdict(True)
+    if abs(a - measured ** 2) <= 0.1 * measured ** 2:
+        return verdict(False, "That looks like the mean squared error: take its root.")
+    return verdict(False, f"Measured {measured:.4g}. The error is (N_i - nu_i x) / "
+                   "gamma_i to first order: sigma sqrt(n + ||x||^2) / |gamma_i|.")
+
+
+@register("ch10-ex-bits")
+def _ch10_bits(answer, grads, x, target: float = 0.05) -> bool:
+    """Smallest bit width at which invert_fc reads x to ``target`` relative error."""
+    from .attacks.analytic import invert_fc
+    from .defenses import quantize
+    if isinstance(answer, bool) or not isinstance(answer, int):
+        return verdict(False, f"Expected an int, got {type(answer).__name__}.")
+    xf = torch.as_tensor(x, dtype=torch.float64).flatten()
+
+    def err(b):
+        q = quantize(grads[:2], b)
+        return float((invert_fc(q[0], q[1]).input - xf).norm() / xf.norm())
+
+    expected = next(b for b in range(1, 33) if err(b) < target)
+    if answer == expected:
+        return verdict(True)
+    if answer > expected:
+        return verdict(False, f"{answer} bits work, but fewer do too.")
+    return verdict(False, f"At {answer} bits the error is {err(answer):.3f}, "
+                   f"above {target}.")
