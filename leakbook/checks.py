@@ -18,6 +18,17 @@ def check_batch(x: torch.Tensor, y: torch.Tensor | None = None) -> None:
         raise ValueError(f"x has {x.shape[0]} samples but y has {y.shape[0]} labels")
 
 
+def float_tensor(t, name: str) -> torch.Tensor:
+    """Check that ``t`` is a finite floating-point tensor; return it detached."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return t.detach()
+
+
 def check_grads(model: torch.nn.Module, grads) -> list[torch.Tensor]:
     """Check that ``grads`` lines up with ``model.parameters()``; return it as a list."""
     grads = list(grads)

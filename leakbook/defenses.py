@@ -11,6 +11,8 @@ import math
 
 import torch
 
+from .checks import float_tensor
+
 __all__ = ["clip", "gaussian_noise", "clip_and_noise", "prune", "quantize",
            "global_norm", "DEFENSES"]
 
@@ -27,14 +29,7 @@ def _check_update(update) -> list[torch.Tensor]:
                         f"got {type(update).__name__}") from None
     if not update:
         raise ValueError("update is empty")
-    for i, t in enumerate(update):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"update[{i}] is a {type(t).__name__}, not a tensor")
-        if not t.is_floating_point():
-            raise TypeError(f"update[{i}] has dtype {t.dtype}; expected floating point")
-        if not torch.isfinite(t).all():
-            raise ValueError(f"update[{i}] contains NaN or inf")
-    return [t.detach() for t in update]
+    return [float_tensor(t, f"update[{i}]") for i, t in enumerate(update)]
 
 
 def _number(value, name: str, low: float = 0.0, strict: bool = False) -> float:

@@ -18,25 +18,16 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from ..checks import float_tensor
 from .result import Reconstruction
 
 __all__ = ["FCInversion", "FCSystemSolution", "invert_fc", "solve_fc_inputs",
            "last_layer_deltas", "solve_last_layer_inputs"]
 
 
-def _as_float_tensor(t, name: str) -> torch.Tensor:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if not t.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
-    if not torch.isfinite(t).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
-    return t.detach()
-
-
 def _check_fc_grads(grad_weight, grad_bias) -> tuple[torch.Tensor, torch.Tensor]:
-    gw = _as_float_tensor(grad_weight, "grad_weight")
-    gb = _as_float_tensor(grad_bias, "grad_bias")
+    gw = float_tensor(grad_weight, "grad_weight")
+    gb = float_tensor(grad_bias, "grad_bias")
     if gw.dim() != 2:
         raise ValueError(f"grad_weight must be (out_features, in_features), got shape "
                          f"{tuple(gw.shape)}")
@@ -221,8 +212,8 @@ def solve_fc_inputs(grad_weight: torch.Tensor, deltas: torch.Tensor,
     the residual. With rank < B the minimum-norm solution mixes the inputs.
     Taught in chapter 02 (and the layer-wise chapters 07-08 build on it).
     """
-    g = _as_float_tensor(grad_weight, "grad_weight")
-    d = _as_float_tensor(deltas, "deltas").to(g.dtype)
+    g = float_tensor(grad_weight, "grad_weight")
+    d = float_tensor(deltas, "deltas").to(g.dtype)
     if g.dim() != 2:
         raise ValueError(f"grad_weight must be (out_features, in_features), got shape "
                          f"{tuple(g.shape)}")
@@ -251,7 +242,7 @@ def last_layer_deltas(logits: torch.Tensor, labels: torch.Tensor,
     Returns (B, C). With ``logits = 0`` (a uniform softmax) it is the guess an
     attacker can make from the labels alone. Taught in chapter 02.
     """
-    z = _as_float_tensor(logits, "logits")
+    z = float_tensor(logits, "logits")
     if z.dim() != 2:
         raise ValueError(f"logits must be (B, C), got shape {tuple(z.shape)}")
     if not isinstance(labels, torch.Tensor):
@@ -291,8 +282,8 @@ def solve_last_layer_inputs(grad_weight: torch.Tensor, weight: torch.Tensor,
     solution is then rank-deficient (``determined`` is False).
     Taught in chapter 02.
     """
-    w = _as_float_tensor(weight, "weight")
-    g = _as_float_tensor(grad_weight, "grad_weight")
+    w = float_tensor(weight, "weight")
+    g = float_tensor(grad_weight, "grad_weight")
     if w.shape != g.shape:
         raise ValueError(f"weight has shape {tuple(w.shape)} but grad_weight has "
                          f"{tuple(g.shape)}")
