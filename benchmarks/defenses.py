@@ -184,20 +184,15 @@ def main():
                          "fc_rel_error": fc_err, "label_accuracy": lab,
                          "test_accuracy": acc, "seconds": time.time() - t})
             print(rows[-1], flush=True)
-    for b in BATCH_SIZES:
-        t = time.time()
-        rows.append({"defence": "batch_size", "strength": b,
-                     "idlg_psnr": idlg_psnr(s, "none", None, batch=b),
-                     "test_accuracy": utility(s, "none", None, batch=b),
-                     "seconds": time.time() - t})
-        print(rows[-1], flush=True)
-    for k in LOCAL_STEPS:
-        t = time.time()
-        rows.append({"defence": "local_steps", "strength": k,
-                     "idlg_psnr": idlg_psnr(s, "none", None, local_steps=k),
-                     "test_accuracy": utility(s, "none", None, local_steps=k),
-                     "seconds": time.time() - t})
-        print(rows[-1], flush=True)
+    for name, key, values in [("batch_size", "batch", BATCH_SIZES),
+                              ("local_steps", "local_steps", LOCAL_STEPS)]:
+        for v in values:
+            t = time.time()
+            rows.append({"defence": name, "strength": v,
+                         "idlg_psnr": idlg_psnr(s, "none", None, **{key: v}),
+                         "test_accuracy": utility(s, "none", None, **{key: v}),
+                         "seconds": time.time() - t})
+            print(rows[-1], flush=True)
     for r in rows:
         for k, v in r.items():
             if isinstance(v, float) and not math.isfinite(v):
