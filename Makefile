@@ -9,7 +9,7 @@ STAMP   := $(VENV)/.installed-stamp
 export OMP_NUM_THREADS ?= 2
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: install book test unit notebooks build-strict browser times lab clean student
+.PHONY: install book test unit notebooks build-strict browser times lab clean student bench
 
 install: $(STAMP) _vendor/.complete
 
@@ -59,3 +59,7 @@ student: install
 
 clean:
 	rm -rf _build
+
+## make bench: regenerate every chapters/data/*.json (see README for the time)
+bench: install
+	$(PY) scripts/bench.py $(BENCH)

@@ -8,12 +8,12 @@ import random
 import numpy as np
 import torch
 
-from . import (attacks, data, defenses, exercises, fl, metrics, models, security,
+from . import (attacks, data, defenses, exercises, fl, metrics, models, optim, security,
                train, viz)
 from .attacks.result import Reconstruction
 
 __version__ = "0.1.0"
-__all__ = ["attacks", "data", "defenses", "exercises", "fl", "metrics", "models",
+__all__ = ["attacks", "data", "defenses", "exercises", "fl", "metrics", "models", "optim",
            "security", "train", "viz",
            "Reconstruction", "seed_everything", "__version__"]
 

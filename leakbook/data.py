@@ -10,7 +10,12 @@ faces   100 faces from Labeled Faces in the Wild, 25x25 grey, label 1
         scikit-image; LFW states no licence (research and teaching use).
 photos  random crops of 10 bundled photographs, RGB, 32x32 by default;
         class k is the k-th source in ``PHOTO_SOURCES`` (public domain,
-        CC0, or CC-BY 2.0 for scikit-learn's two sample images).
+        CC0, or CC-BY 2.0 for scikit-learn's two sample images). A crop that
+        is nearly flat (see ``is_varied``) is drawn again, so no attack is
+        scored on a dark or constant patch that a flat image already matches.
+
+``evaluation_set(split)`` is the fixed set of varied images on which the book
+scores every attack: one crop of each photograph, a face and a digit.
 """
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ PHOTO_SOURCES = {
     "chelsea": ("skimage", "CC0, Stefan van der Walt"),
     "coffee": ("skimage", "CC0, Rachel Michetti"),
     "rocket": ("skimage", "public domain (SpaceX)"),
-    "hubble_deep_field": ("skimage", "public domain (NASA)"),
+    "coins": ("skimage", "no known copyright restrictions (Brooklyn Museum)"),
     "immunohistochemistry": ("skimage", "no known copyright restrictions"),
     "retina": ("skimage", "CC0, Mikael Haggstrom"),
     "camera": ("skimage", "CC0, Lav Varshney"),
@@ -69,26 +74,62 @@ def _faces(nonfaces: bool) -> tuple[torch.Tensor, torch.Tensor]:
     return (x, y) if nonfaces else (x[:100], y[:100])
 
 
-def _photo_crops(n: int, size: int, gen: torch.Generator,
-                 labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+#: A crop is "varied" if its mean lies in MEAN_RANGE and its standard deviation
+#: (over pixels and channels) is at least MIN_STD.
+MEAN_RANGE, MIN_STD = (0.15, 0.85), 0.08
+_MAX_DRAWS = 200
+
+
+def is_varied(img: torch.Tensor) -> bool:
+    """The rule every default photo crop passes: not dark, not bright, not flat.
+
+    img: (C, H, W) in [0, 1]. True if MEAN_RANGE[0] <= mean <= MEAN_RANGE[1]
+    and std >= MIN_STD. A flat image of the mean colour scores high PSNR on a
+    crop that fails it, which would flatter any attack.
+    """
+    mean, std = float(img.mean()), float(img.std())
+    return MEAN_RANGE[0] <= mean <= MEAN_RANGE[1] and std >= MIN_STD
+
+
+def _resize(img: torch.Tensor, size: int, mode: str = "area") -> torch.Tensor:
+    """(C, h, w) -> (C, size, size) in [0, 1]."""
+    if img.shape[-1] == size and img.shape[-2] == size:
+        return img
+    kw = {} if mode == "area" else {"align_corners": False}
+    return F.interpolate(img[None], size=(size, size), mode=mode, **kw)[0].clamp(0, 1)
+
+
+def _one_crop(img: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """A random square crop of (C, H, W), its side 25-60 % of the shorter side."""
+    h, w = img.shape[1:]
+    side = int(min(h, w) * (0.25 + 0.35 * torch.rand(1, generator=gen).item()))
+    top = torch.randint(h - side + 1, (1,), generator=gen).item()
+    left = torch.randint(w - side + 1, (1,), generator=gen).item()
+    return img[:, top:top + side, left:left + side]
+
+
+def _photo_crops(n: int, size: int, gen: torch.Generator, labels: torch.Tensor | None,
+                 varied: bool) -> tuple[torch.Tensor, torch.Tensor]:
     names = list(PHOTO_SOURCES)
     if labels is None:
         labels = torch.randint(len(names), (n,), generator=gen)
     crops = []
     for k in labels.tolist():
         img = torch.from_numpy(_photo(names[k])).permute(2, 0, 1)
-        h, w = img.shape[1:]
-        side = int(min(h, w) * (0.25 + 0.35 * torch.rand(1, generator=gen).item()))
-        top = torch.randint(h - side + 1, (1,), generator=gen).item()
-        left = torch.randint(w - side + 1, (1,), generator=gen).item()
-        crop = img[:, top:top + side, left:left + side].unsqueeze(0)
-        crops.append(F.interpolate(crop, size=(size, size), mode="area"))
-    return torch.cat(crops).clamp(0, 1), labels.long()
+        for _ in range(_MAX_DRAWS):  # judged at 32x32, so every size gets the same crop
+            crop = _one_crop(img, gen)
+            if not varied or is_varied(_resize(crop, 32)):
+                break
+        else:  # pragma: no cover - every bundled photo has varied crops
+            raise RuntimeError(f"no varied crop of {names[k]} in {_MAX_DRAWS} draws")
+        crops.append(_resize(crop, size))
+    return torch.stack(crops), labels.long()
 
 
 def load(name: str, n: int, seed: int = 0, size: int | None = None,
          rgb: bool = False, labels=None, nonfaces: bool = False,
-         dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+         dtype: torch.dtype = torch.float32,
+         varied: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Load ``n`` images of a bundled dataset.
 
     name: "digits", "faces" or "photos" (see the module docstring).
@@ -98,6 +139,7 @@ def load(name: str, n: int, seed: int = 0, size: int | None = None,
     rgb: repeat a grey channel three times.
     labels: optional sequence of wanted labels, one per image, duplicates
         allowed (a batch with chosen labels); overrides ``n`` if given.
+    varied: "photos" only; redraw crops that fail ``is_varied`` (default).
     Returns x: (n, C, H, W) in [0, 1] and y: (n,) int64.
     """
     if name not in NAMES:
@@ -111,14 +153,13 @@ def load(name: str, n: int, seed: int = 0, size: int | None = None,
     if name == "photos":
         if labels is not None and ((labels < 0) | (labels >= len(PHOTO_SOURCES))).any():
             raise ValueError(f"photo labels must lie in 0..{len(PHOTO_SOURCES) - 1}")
-        x, y = _photo_crops(n, size or 32, gen, labels)
+        x, y = _photo_crops(n, size or 32, gen, labels, varied)
     else:
         pool_x, pool_y = _digits() if name == "digits" else _faces(nonfaces)
         idx = _pick(pool_y, n, gen, labels, name)
         x, y = pool_x[idx], pool_y[idx]
         if size is not None and size != x.shape[-1]:
-            x = F.interpolate(x, size=(size, size), mode="bilinear",
-                              align_corners=False).clamp(0, 1)
+            x = torch.stack([_resize(v, size, "bilinear") for v in x])
     if rgb and x.shape[1] == 1:
         x = x.repeat(1, 3, 1, 1)
     return x.to(dtype), y
@@ -142,6 +183,46 @@ def _pick(pool_y: torch.Tensor, n: int, gen: torch.Generator, labels, name: str)
     # put the picks back in the order the labels were asked for
     by_label = {lab: list(i.tolist()) for lab, i in zip(labels.unique().tolist(), idx)}
     return torch.tensor([by_label[lab].pop() for lab in labels.tolist()])
+
+
+#: split -> seed. Defaults are chosen on "dev"; the book reports "test".
+EVALUATION_SPLITS = {"dev": 0, "test": 1}
+#: What each image of the evaluation set is, in order.
+EVALUATION_NAMES = (*PHOTO_SOURCES, "face", "digit")
+
+
+def evaluation_set(split: str = "test", size: int = 32, rgb: bool = True,
+                   dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """The book's evaluation set: 12 varied images, one from each source.
+
+    The rule: with the split's seed, one varied crop of each of the 10
+    photographs (``PHOTO_SOURCES`` order), then the first face and the first
+    digit of a seeded shuffle that pass ``is_varied`` at 32x32. Names are in
+    ``EVALUATION_NAMES``. "dev" is where attack defaults are tuned, "test"
+    (other crops, another face and digit) is what the book reports.
+    size: side of the square images; rgb: three channels (grey ones repeated),
+        else one (photos converted to luminance).
+    Returns x: (12, C, size, size) in [0, 1] and y: (12,) = 0..11, the image's
+    position (labels are arbitrary for an untrained network; use y % classes).
+    """
+    if split not in EVALUATION_SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of "
+                         f"{tuple(EVALUATION_SPLITS)}")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ValueError(f"size must be a positive integer, got {size!r}")
+    gen = torch.Generator().manual_seed(1000 + EVALUATION_SPLITS[split])
+    photos, _ = _photo_crops(len(PHOTO_SOURCES), size, gen,
+                             torch.arange(len(PHOTO_SOURCES)), varied=True)
+    images = [p for p in photos]
+    for pool in (_faces(False)[0], _digits()[0]):
+        for i in torch.randperm(len(pool), generator=gen).tolist():
+            if is_varied(_resize(pool[i], 32, "bilinear")):
+                images.append(_resize(pool[i], size, "bilinear").repeat(3, 1, 1))
+                break
+    x = torch.stack(images)
+    if not rgb:
+        x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    return x.to(dtype), torch.arange(len(x))
 
 
 def describe() -> str:

@@ -78,19 +78,45 @@ def match(x_hat, x) -> torch.Tensor:
     return torch.as_tensor(cols, dtype=torch.long)
 
 
+def flat_baseline(x) -> torch.Tensor:
+    """The trivial reconstruction: each image replaced by its own mean colour.
+
+    x: (B, C, H, W) -> (B, C, H, W), every pixel of image b and channel c equal
+    to the mean of x[b, c]. It reads the truth: it is the yardstick an attack
+    must beat, not something an attacker could compute.
+    """
+    x = torch.as_tensor(x).detach()
+    return x.mean(dim=(-2, -1), keepdim=True).expand_as(x).clone()
+
+
+def summarize(values) -> dict:
+    """Median and range of a list of numbers: dict(median, low, high, n)."""
+    v = np.asarray([float(a) for a in values], dtype=float)
+    if v.size == 0:
+        raise ValueError("summarize needs at least one value")
+    return {"median": float(np.median(v)), "low": float(v.min()),
+            "high": float(v.max()), "n": int(v.size)}
+
+
 def report(x_hat, x, labels_hat=None, labels=None, reorder: bool = True) -> dict:
     """MSE, PSNR, SSIM (and label accuracy) after matching the batch to the truth.
 
     x_hat, x: (B, C, H, W). Reconstructions are clamped to [0, 1] before scoring.
     Returns a dict with keys mse, psnr, ssim, label_acc (None without labels),
-    and order (the matching permutation).
+    order (the matching permutation), and the flat baseline beside them:
+    psnr_baseline and ssim_baseline (the scores of ``flat_baseline(x)``, each
+    image's own mean colour) and gain_db = psnr - psnr_baseline.
     """
     x_hat, x = _pair(x_hat, x)
     x_hat = x_hat.clamp(0, 1)
     perm = match(x_hat, x) if reorder else torch.arange(len(x))
     x_hat = x_hat[perm]
-    out = {"mse": float(mse(x_hat, x).mean()), "psnr": psnr(x_hat, x),
-           "ssim": ssim(x_hat, x), "label_acc": None, "order": perm}
+    flat = flat_baseline(x)
+    value, base = psnr(x_hat, x), psnr(flat, x)
+    out = {"mse": float(mse(x_hat, x).mean()), "psnr": value,
+           "ssim": ssim(x_hat, x), "label_acc": None, "order": perm,
+           "psnr_baseline": base, "ssim_baseline": ssim(flat, x),
+           "gain_db": value - base}
     if labels_hat is not None and labels is not None:
         out["label_acc"] = label_accuracy(labels_hat, labels)
     return out

@@ -1,9 +1,39 @@
-"""Figures the chapters share: image grids, truth-vs-reconstruction, curves."""
+"""Figures the chapters share: image grids, truth-vs-reconstruction, curves.
+
+``book_style()`` (called in every chapter's setup cell) sets one style for all
+figures: font sizes that stay legible when a figure is shrunk to a phone's
+column, and vector output that can be zoomed.
+"""
 from __future__ import annotations
 
+import matplotlib as mpl
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+
+#: Width (inches) that a full-column figure should not exceed, and the smallest
+#: font size (points) any text of a figure may use.
+MAX_WIDTH, MIN_FONT = 7.0, 10.0
+STYLE = {"font.size": 11, "axes.titlesize": 11, "axes.labelsize": 11,
+         "xtick.labelsize": 10, "ytick.labelsize": 10, "legend.fontsize": 10,
+         "figure.titlesize": 12, "figure.dpi": 100, "savefig.dpi": 200,
+         "svg.fonttype": "none", "axes.grid": False}
+
+
+def book_style(vector: bool = True) -> None:
+    """Set the book's figure style; in a notebook also draw figures as SVG.
+
+    SVG figures keep their text as text, so readers can zoom into them and the
+    browser tests can measure every label's rendered size.
+    """
+    mpl.rcParams.update(STYLE)
+    try:
+        from IPython import get_ipython
+        from matplotlib_inline.backend_inline import set_matplotlib_formats
+    except ImportError:  # pragma: no cover - IPython is a dependency of the book
+        return
+    if get_ipython() is not None:
+        set_matplotlib_formats("svg" if vector else "retina")
 
 
 def to_numpy_image(img: torch.Tensor) -> np.ndarray:
@@ -27,7 +57,7 @@ def show_images(x: torch.Tensor, titles=None, ncols: int | None = None, scale: f
         if i < b:
             ax.imshow(to_numpy_image(x[i]), cmap="gray", vmin=0, vmax=1)
             if titles is not None:
-                ax.set_title(str(titles[i]), fontsize=8)
+                ax.set_title(str(titles[i]), fontsize=MIN_FONT)
     if suptitle:
         fig.suptitle(suptitle)
     fig.tight_layout()
@@ -49,8 +79,8 @@ def compare(x_true: torch.Tensor, *recons: torch.Tensor, names=None, scale: floa
             ax.set_xticks([]), ax.set_yticks([])
             if r > 0:
                 ax.set_title(f"{psnr(batch[i:i + 1].clamp(0, 1), x_true[i:i + 1]):.1f} dB",
-                             fontsize=8)
-        axes[r, 0].set_ylabel(name, fontsize=9)
+                             fontsize=MIN_FONT)
+        axes[r, 0].set_ylabel(name, fontsize=MIN_FONT)
     fig.tight_layout()
     return fig
 
@@ -70,7 +100,7 @@ def plot_curves(curves: dict, xlabel: str, ylabel: str, logy: bool = False, ax=N
         ax.set_title(title)
     ax.grid(alpha=0.3)
     if len(curves) > 1:
-        ax.legend(fontsize=8)
+        ax.legend()
     return ax
 
 

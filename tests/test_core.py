@@ -263,3 +263,44 @@ def test_animation_html_is_self_contained():
     html = lb.viz.animation_html(anim)
     plt.close(fig)
     assert "<img" in html and "font-awesome" not in html and "https://" not in html
+
+
+def test_report_sets_every_psnr_beside_the_flat_baseline():
+    x, _ = data.load("photos", 3, seed=4)
+    rep = metrics.report(x.flip(0), x)
+    flat = metrics.flat_baseline(x)
+    assert flat.shape == x.shape and torch.allclose(flat[:, :, 0, 0], x.mean((2, 3)))
+    assert rep["psnr_baseline"] == pytest.approx(metrics.psnr(flat, x))
+    assert rep["gain_db"] == pytest.approx(rep["psnr"] - rep["psnr_baseline"])
+    assert rep["gain_db"] > 100  # the flipped batch is matched back exactly
+    bad = metrics.report(flat, x)
+    assert bad["gain_db"] == pytest.approx(0.0, abs=1e-9)
+    assert bad["ssim"] == pytest.approx(bad["ssim_baseline"])
+
+
+def test_summarize_gives_median_and_range():
+    s = metrics.summarize([3.0, 1.0, 2.0, 10.0])
+    assert s == {"median": 2.5, "low": 1.0, "high": 10.0, "n": 4}
+    with pytest.raises(ValueError):
+        metrics.summarize([])
+
+
+def test_default_photo_crops_are_varied_and_the_old_rule_is_available():
+    x, _ = data.load("photos", 60, seed=0)
+    assert all(data.is_varied(v) for v in x)
+    raw, _ = data.load("photos", 60, seed=0, varied=False)
+    assert not all(data.is_varied(v) for v in raw)
+
+
+def test_evaluation_set_is_fixed_varied_and_split():
+    dev, ydev = data.evaluation_set("dev")
+    test, ytest = data.evaluation_set("test")
+    assert dev.shape == test.shape == (12, 3, 32, 32)
+    assert ydev.tolist() == list(range(12)) and len(data.EVALUATION_NAMES) == 12
+    assert all(data.is_varied(v) for v in dev) and all(data.is_varied(v) for v in test)
+    assert torch.equal(dev, data.evaluation_set("dev")[0])
+    assert all(not torch.equal(a, b) for a, b in zip(dev, test))
+    small, _ = data.evaluation_set("test", size=8, rgb=False)
+    assert small.shape == (12, 1, 8, 8)
+    with pytest.raises(ValueError, match="split"):
+        data.evaluation_set("train")

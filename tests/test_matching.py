@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import leakbook as lb
+from leakbook import optim
 from leakbook.attacks import REGULARIZERS, dlg, idlg, inverting_gradients, matching
 
 
@@ -83,7 +84,7 @@ def test_compact_history_equals_two_loop_recursion():
     n, m = 30, 5
     a = rng.standard_normal((n, n))
     a = a @ a.T + n * np.eye(n)
-    mem, pairs = matching._History(n, m), []
+    mem, pairs = optim._History(n, m), []
     for _ in range(8):
         s = rng.standard_normal(n)
         mem.push(s, a @ s)
@@ -105,13 +106,13 @@ def test_lbfgs_converges_and_flags_divergence():
     def quad(z):
         return float((w * z * z).sum()), 2 * w * z
 
-    run = matching.lbfgs(quad, torch.ones(2, dtype=torch.float64), tol=1e-20)
+    run = optim.lbfgs(quad, torch.ones(2, dtype=torch.float64), tol=1e-20)
     assert run["status"] == "converged" and run["f"] <= 1e-20
 
     def nan(z):
         return math.nan, torch.zeros_like(z)
 
-    run = matching.lbfgs(nan, torch.ones(2, dtype=torch.float64))
+    run = optim.lbfgs(nan, torch.ones(2, dtype=torch.float64))
     assert run["status"] == "diverged"
 
 

@@ -22,6 +22,7 @@ import time
 import torch
 from torch import nn
 
+from ..optim import lbfgs
 from .layers import Block
 from .linear_systems import patch_indices
 from .result import Reconstruction
@@ -165,49 +166,8 @@ def _correct(parts, grads, top, z_top, delta, x0, steps, weight=1.0):
         history.append(float(loss.detach()))
         return float(loss.detach()), grad.flatten()
 
-    x = lbfgs(objective, x0.detach().double().flatten().clone(), steps)
+    x = lbfgs(objective, x0.detach().double().flatten().clone(), max_iter=steps,
+              history=30, stall=None)["z"] if steps else x0.detach().double().flatten()
     for p in params:
         p.requires_grad_(False)
     return x, history
-
-
-def lbfgs(objective, x: torch.Tensor, steps: int, memory: int = 30) -> torch.Tensor:
-    """Minimise objective(x) -> (value, gradient) by L-BFGS with a backtracking line
-    search, for ``steps`` iterations (a small float64 version: torch.optim would
-    import its compiler stack, which takes seconds)."""
-    f, g = objective(x)
-    s_list, y_list = [], []
-    for _ in range(steps):
-        q = g.clone()
-        alphas = []
-        for s, y in zip(reversed(s_list), reversed(y_list)):
-            a = float(s @ q) / float(y @ s)
-            alphas.append(a)
-            q -= a * y
-        if y_list:
-            q *= float(s_list[-1] @ y_list[-1]) / float(y_list[-1] @ y_list[-1])
-        for (s, y), a in zip(zip(s_list, y_list), reversed(alphas)):
-            q += (a - float(y @ q) / float(y @ s)) * s
-        direction = -q
-        slope = float(g @ direction)
-        if slope >= 0:                      # not a descent direction: restart
-            s_list, y_list, direction, slope = [], [], -g, -float(g @ g)
-        if slope == 0:
-            break
-        step = 1.0
-        for _ in range(30):
-            f_new, g_new = objective(x + step * direction)
-            if f_new <= f + 1e-4 * step * slope:
-                break
-            step *= 0.5
-        else:
-            break
-        s_vec, y_vec = step * direction, g_new - g
-        if float(s_vec @ y_vec) > 1e-30:
-            s_list.append(s_vec)
-            y_list.append(y_vec)
-            if len(s_list) > memory:
-                s_list.pop(0)
-                y_list.pop(0)
-        x, f, g = x + s_vec, f_new, g_new
-    return x

@@ -1,0 +1,13 @@
+"""Benchmarks: the slow measurements whose numbers the chapters show.
+
+Each module writes one JSON file under ``chapters/data/`` (see ``REGISTRY``)
+with its numbers, a ``provenance`` record (``common.provenance``) and a
+``cheap`` section: the result of ``cheap()``, a configuration small enough
+for a unit test to re-run and compare within the module's ``TOLERANCE``.
+``make bench`` regenerates them all (``scripts/bench.py``).
+"""
+
+#: benchmark module -> the JSON file it writes under chapters/data/
+REGISTRY = {
+    "fc_isolation": "fc_isolation.json",
+}
