@@ -46,7 +46,7 @@ from .result import Reconstruction
 
 __all__ = ["random_two_layer", "hermite_coefficient", "moment_tensor", "input_span",
            "projected_moment_tensor", "symmetric_cp", "cp_tensor",
-           "tensor_decomposition", "direction_cosines"]
+           "tensor_decomposition", "as_images", "direction_cosines"]
 
 GRADIENTS = ("first", "output", "both")
 
@@ -657,6 +657,24 @@ def tensor_decomposition(model_or_weights, grads, batch_size: int,
                           if v is not None}}
     return Reconstruction(images=U, labels=None, loss_history=[],
                           wall_time=time.perf_counter() - t0, stats=stats)
+
+
+def as_images(U: torch.Tensor, shape=(1, 8, 8)) -> torch.Tensor:
+    """Recovered directions U (B, d) shown as images, without reading the truth.
+
+    The tensor fixes each input only up to sign and scale. For images whose
+    pixels are >= 0 (digits), the sign with a positive pixel sum is the right
+    one, and scaling the brightest pixel to 1 is a display convention (exact
+    for an image whose brightest pixel is 1, as for most digits).
+    Returns (B, *shape) in [0, 1].
+    """
+    U = U.double()
+    if U.dim() != 2 or U.shape[1] != math.prod(shape):
+        raise ValueError(f"U must be (B, {math.prod(shape)}) for images of shape "
+                         f"{tuple(shape)}, got {tuple(U.shape)}")
+    U = U * torch.where(U.sum(1, keepdim=True) < 0, -1.0, 1.0)
+    peak = U.max(1, keepdim=True).values.clamp_min(1e-300)
+    return (U / peak).clamp(0, 1).reshape(len(U), *shape)
 
 
 def direction_cosines(U_hat: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
