@@ -234,6 +234,7 @@ def input_span(grad_W: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Ten
     Returns Q (d, rank) with orthonormal columns, and all d eigenvalues,
     largest first, divided by the largest: a (rank + 1)-th value far above
     round-off (~1e-15) says the batch has more than ``rank`` independent inputs.
+    Taught in chapter 09.
     """
     if grad_W.dim() != 2:
         raise ValueError(f"grad_W must be (m, d), got {tuple(grad_W.shape)}")
@@ -323,7 +324,7 @@ def projected_moment_tensor(W: torch.Tensor, a: torch.Tensor, grad_W: torch.Tens
     Returns T (B, B, B), symmetrised, and its estimated Frobenius error (from
     the per-coefficient variances: sample variance of the mean, or the least-
     squares covariance s^2 (Phi^T Phi)^-1), computed without the truth.
-    Memory O(chunk K) for K features; time O(m K^2).
+    Memory O(chunk K) for K features; time O(m K^2). Taught in chapter 09.
     """
     if gradient not in ("first", "output"):
         raise ValueError(f"gradient must be 'first' or 'output', got {gradient!r}")
@@ -666,7 +667,7 @@ def as_images(U: torch.Tensor, shape=(1, 8, 8)) -> torch.Tensor:
     pixels are >= 0 (digits), the sign with a positive pixel sum is the right
     one, and scaling the brightest pixel to 1 is a display convention (exact
     for an image whose brightest pixel is 1, as for most digits).
-    Returns (B, *shape) in [0, 1].
+    Returns (B, *shape) in [0, 1]. Taught in chapter 09.
     """
     U = U.double()
     if U.dim() != 2 or U.shape[1] != math.prod(shape):
