@@ -2,9 +2,10 @@
 
     python -m benchmarks.tensor   # -> chapters/data/tensor_bench.json
 
-Running time: about 10 minutes at one thread (the "random" sweep at
-m = 10^6 takes most of it; the "digits" sweep about 4 minutes); measured
-under a load average of about 8 on 2 cores, re-measure on a quiet machine.
+Running time: 21 minutes at one thread under a load average of 8 to 12 on
+2 cores (the "digits" sweep 11 minutes, the "random" sweep to m = 10^6 the
+rest); expect less on a quiet machine, where its CPU times should be
+re-measured.
 
 digits (issue 10's target setting). 8x8 digits as unit vectors (d = 64), a
 batch of B = 8 drawn with seed s (s = 0..9), a random tanh network

@@ -268,7 +268,8 @@ def _fingerprint(rec) -> str:
     h = hashlib.sha256()
     for t in (rec.images, rec.stats["weights"], rec.stats["tensor"]):
         h.update(t.contiguous().numpy().tobytes())
-    h.update(repr((rec.stats["residual"], rec.stats["tensor_error_estimate"])).encode())
+    h.update(repr((rec.stats["residual"], rec.stats["tensor_error_estimate"],
+                   rec.stats["c3"])).encode())
     return h.hexdigest()
 
 

@@ -562,6 +562,7 @@ def _cv_degrees(sigma, gradient: str, control_variates, B: int, m: int,
     return degrees(control_variates)
 
 
+@_single_threaded
 def tensor_decomposition(model_or_weights, grads, batch_size: int,
                          gradient: str = "first", trials: int = 8,
                          als_iters: int = 20, lm_iters: int = 100, chunk: int = 8192,
@@ -601,8 +602,9 @@ def tensor_decomposition(model_or_weights, grads, batch_size: int,
     computed without the truth), c3, gradient, width, trial residuals, tensor
     (the tensor decomposed: (B, B, B) in the basis, or (d, d, d)), basis
     (Q (d, B), or None), span_eigenvalues, cv_degrees, features.
-    Calls with the same arguments are bit-identical (one thread, Cholesky
-    solves, seeded trials).
+    Calls with the same arguments are bit-identical, whatever the caller's
+    thread count (the call runs on one thread, with Cholesky solves and
+    seeded trials).
     Raises ValueError for B > d, an activation with c_3 = 0 (ReLU), or a zero
     output weight with gradient="first"; TypeError for other architectures.
     """
