@@ -4,7 +4,7 @@
     python -m grading grade DIR [--out D] [--salt S] autograde submissions
     python -m grading timings                        compute time of each exercise
     python -m grading table                          the instructor guide's table
-    python -m grading book                           the book without solutions
+    python -m grading book [--chapters '01 02']      the book without solutions
 """
 import argparse
 import sys
@@ -33,6 +33,8 @@ def main(argv=None) -> int:
     sub.add_parser("table", help="print the exercise table of instructor.md")
     p = sub.add_parser("book", help="build the book without solutions")
     p.add_argument("--out", type=Path, default=BUILD / "student")
+    p.add_argument("--chapters", default="",
+                   help="only these chapters, e.g. '01 02 03' (default: all)")
     args = parser.parse_args(argv)
 
     if args.command == "student":
@@ -54,7 +56,8 @@ def main(argv=None) -> int:
         print(guide.table())
     elif args.command == "book":
         from . import site
-        return site.build(args.out)
+        keep = {c.zfill(2) for c in args.chapters.replace(",", " ").split()} or None
+        return site.build(args.out, keep)
     return 0
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import ast
 import copy
-import json
 import os
 import re
 import shutil
@@ -287,5 +286,48 @@ Do not delete, split or re-tag the exercise cells.
 """
 
 
-def metadata_json(nb) -> str:
-    return json.dumps(nb.metadata.get("leakbook", {}))
+def significant(text: str) -> list[str]:
+    """Lines of a solution distinctive enough to look for in a student copy or
+    the student site (signatures, imports and directive lines are shared)."""
+    out = []
+    for line in text.splitlines():
+        s = line.strip()
+        if len(s) < 16 or s.startswith(("def ", "import ", "from ", '"""', "#", "```",
+                                        ":class:", "assert lb.exercises.check")):
+            continue
+        out.append(s)
+    return out
+
+
+def removed_and_shown(nb) -> tuple[list[str], str]:
+    """Texts of a chapter that students must not see, and the text they may.
+
+    Converted chapters: the ex-solution, ex-answer and ex-written cells. Others:
+    everything from the first exercise or solution directive to the end of
+    the last one.
+    """
+    lay = layout(nb)
+    texts = [c.source for c in nb.cells]
+    if lay.converted:
+        hidden = [i for i, r in enumerate(lay.roles)
+                  if r in ("ex-solution", "ex-answer", "ex-written")]
+        removed = [texts[i] for i in hidden]
+    else:
+        marked = [i for i, c in enumerate(nb.cells) if has_directive(c)]
+        if not marked:
+            return [], "\n".join(texts)
+        hidden = list(range(marked[0], marked[-1] + 1))
+        removed = [texts[i] for i in hidden]
+        removed[0] = removed[0][DIRECTIVE.search(removed[0]).start():]
+        ends = list(re.finditer(r"\{(solution|exercise)-end\}[^\n]*\n?(`{3,}|:{3,})",
+                                removed[-1]))
+        removed[-1] = removed[-1][:ends[-1].end()]
+    shown = "\n".join(t for i, t in enumerate(texts) if i not in hidden)
+    return removed, shown
+
+
+def fingerprints(nb) -> list[str]:
+    """Solution lines of a chapter that appear nowhere else in it."""
+    removed, shown = removed_and_shown(nb)
+    return sorted({line for chunk in removed for line in significant(chunk)
+                   if line not in shown})

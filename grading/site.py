@@ -40,34 +40,49 @@ def student_config() -> dict:
     return cfg
 
 
-def _drop(entries: list, name: str) -> list:
+def _keep(entry, chapters) -> bool:
+    name = entry.get("file", "") if isinstance(entry, dict) else ""
+    if name == GUIDE:
+        return False
+    if chapters is not None and name.startswith("chapters/"):
+        return name.split("/", 1)[1][:2] in chapters
+    return True
+
+
+def _filter(entries: list, chapters) -> list:
     out = []
     for e in entries:
-        if isinstance(e, dict) and e.get("file") == name:
+        if not _keep(e, chapters):
             continue
         if isinstance(e, dict):
             e = dict(e)
             for key in ("chapters", "sections", "parts"):
                 if key in e:
-                    e[key] = _drop(e[key], name)
+                    e[key] = _filter(e[key], chapters)
+            if any(k in e for k in ("chapters", "sections")) and not (
+                    e.get("chapters") or e.get("sections")) and "file" not in e:
+                continue      # a part left empty
         out.append(e)
     return out
 
 
-def student_toc() -> dict:
+def student_toc(chapters: set[str] | None = None) -> dict:
+    """The table of contents without the instructor guide and, if ``chapters``
+    is given (two-digit numbers), without the chapters not yet handed out."""
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
     for key in ("chapters", "sections", "parts"):
         if key in toc:
-            toc[key] = _drop(toc[key], GUIDE)
+            toc[key] = _filter(toc[key], chapters)
     return toc
 
 
-def build(out: Path, strict: bool = False) -> int:
+def build(out: Path, chapters: set[str] | None = None, strict: bool = False) -> int:
     """Write the configuration and run jupyter-book; its exit code."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "_config.yml").write_text(yaml.safe_dump(student_config(), sort_keys=False))
-    (out / "_toc.yml").write_text(yaml.safe_dump(student_toc(), sort_keys=False))
+    (out / "_toc.yml").write_text(yaml.safe_dump(student_toc(chapters),
+                                                 sort_keys=False))
     html = out / "_build" / "html"
     if html.exists():
         shutil.rmtree(html)
