@@ -39,14 +39,15 @@ def main(argv=None) -> int:
 
     if args.command == "student":
         for path in course.write_student(args.out, args.course):
-            print(f"wrote {path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path}")
+            print(f"wrote {path}")
         print(f"and {args.out / 'data'}: run the notebooks from {args.out}")
     elif args.command == "grade":
         from . import grade
         res = grade.grade(args.submissions, args.out, args.salt, html=not args.no_html)
         for aid, rows in res.items():
             if aid != "seconds":
-                print(f"{aid}: {len(rows)} submissions -> {args.out / f'grades_{aid}.csv'}")
+                csv_path = args.out / f"grades_{aid}.csv"
+                print(f"{aid}: {len(rows)} submissions -> {csv_path}")
         print(f"feedback in {args.out / 'feedback'}; took {res['seconds']:.0f} s")
     elif args.command == "timings":
         from . import guide

@@ -39,7 +39,8 @@ NBGRADER_CONFIG = """\
 c = get_config()
 c.CourseDirectory.course_id = "leakbook"
 c.CourseDirectory.root = {root!r}
-c.ClearSolutions.code_stub = {{"python": "# YOUR CODE HERE\\nraise NotImplementedError()"}}
+c.ClearSolutions.code_stub = {{
+    "python": "# YOUR CODE HERE\\nraise NotImplementedError()"}}
 c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
 c.Execute.timeout = 300
 c.Execute.interrupt_on_timeout = True
@@ -158,7 +159,8 @@ def write_config(course: Path) -> None:
 def nbgrader(args: list[str], course: Path, env: dict | None = None) -> str:
     """Run an nbgrader command in the course folder; its log on failure."""
     # nbgrader runs `alembic` and the kernel from PATH: put this Python's first
-    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    path = os.pathsep.join([str(Path(sys.executable).parent),
+                            os.environ.get("PATH", "")])
     run = subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=course,
                          env={**os.environ, "PATH": path, **(env or {})},
                          capture_output=True, text=True)

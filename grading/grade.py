@@ -216,7 +216,9 @@ def _message(cell) -> str:
         if o.get("output_type") == "stream":
             parts.append(o.get("text", "").strip())
         elif o.get("output_type") == "error":
-            if o.get("ename") == "AssertionError" and parts:
+            said = " ".join(parts)
+            if (o.get("ename") == "AssertionError" and parts) or (
+                    o.get("ename", "?") in said):
                 continue
             value = str(o.get("evalue", "")).strip()
             parts.append(f"{o.get('ename')}{': ' + value if value else ''}")
@@ -233,6 +235,9 @@ def feedback(course: Path, sub: Submission, notebook: str, row: dict, release,
         gid = cell.metadata.get("nbgrader", {}).get("grade_id", "")
         if gid.endswith("-tests") or gid.endswith("-check"):
             msgs[gid] = _message(cell)
+        elif gid.endswith("-written"):
+            empty = cell.source.strip() in ("", "YOUR ANSWER HERE")
+            msgs[gid] = "not answered" if empty else "graded by hand"
     lines = [f"# {sub.assignment}: feedback for {sub.student}", "",
              f"Points: {row['total']} of {row['max']}"
              + (f" ({row['written_pending']} written answer(s) not graded yet)"
@@ -242,8 +247,6 @@ def feedback(course: Path, sub: Submission, notebook: str, row: dict, release,
         got = row[name] if row[name] != "" else "to be graded"
         label = gid.rsplit("-", 1)[0]
         msg = msgs.get(gid) or msgs.get(f"{label}-check", "")
-        if gid.endswith("-written"):
-            msg = "graded by hand"
         lines.append(f"| {name} | {got} / {pts:g} | {msg.replace('|', '/')} |")
     if sub.notes:
         lines += ["", "Notes of the grader:", ""] + [f"- {n}" for n in sub.notes]

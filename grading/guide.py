@@ -20,7 +20,7 @@ from . import course as C
 from .notebook import check_call, layout
 
 KIND = {(True, False): "code", (False, True): "written", (True, True): "code + written"}
-STARS = {1: "*", 2: "**", 3: "***"}
+STARS = {1: "easy", 2: "medium", 3: "hard"}
 
 
 def title(task_src: str) -> str:

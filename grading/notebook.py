@@ -190,8 +190,8 @@ def layout(nb) -> Layout:
         raise StructureError(f"the solution of {current.label} has no {{solution-end}}")
     for ex in exercises:
         if not ex.of("ex-solution") or not (ex.coded or ex.written):
-            raise StructureError(f"{ex.label}: needs a solution with an ex-answer or an "
-                                 "ex-written cell")
+            raise StructureError(f"{ex.label}: needs a solution with an ex-answer "
+                                 "or an ex-written cell")
         if ex.coded and not ex.of("ex-check"):
             raise StructureError(f"{ex.label}: an ex-answer needs an ex-check cell")
     return Layout(roles, labels, exercises, start, stop)
@@ -217,7 +217,8 @@ def allowed_statement(node) -> bool:
     if isinstance(node, (ast.Import, ast.ImportFrom)):
         return True
     if isinstance(node, ast.Assign):
-        return all(isinstance(t, ast.Name) for t in node.targets) and _literal(node.value)
+        names = all(isinstance(t, ast.Name) for t in node.targets)
+        return names and _literal(node.value)
     return isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
 
 
@@ -228,7 +229,9 @@ def _check_answer_cell(text: str, where: str) -> None:
         raise StructureError(f"{where}: ex-answer does not parse: {err}") from None
     if not answer_names(text):
         raise StructureError(f"{where}: an ex-answer cell defines a function")
-    bad = [ast.unparse(n).splitlines()[0] for n in tree.body if not allowed_statement(n)]
+    bad = [ast.unparse(n).splitlines()[0] for n in tree.body
+           if not allowed_statement(n)]
     if bad:
-        raise StructureError(f"{where}: an ex-answer cell holds only imports, functions "
-                             f"and constants; move {bad[0]!r} to an ex-solution cell")
+        raise StructureError(f"{where}: an ex-answer cell holds only imports, "
+                             f"functions and constants; move {bad[0]!r} to an "
+                             "ex-solution cell")

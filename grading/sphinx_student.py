@@ -63,8 +63,9 @@ def remove_solutions(app, doctree: nodes.document) -> None:
     for node in list(doctree.findall(lambda n: isinstance(n, solutions))):
         node.parent.remove(node)
     registry = getattr(app.env, "sphinx_exercise_registry", {})
+    doc = app.env.docname
     for label in [k for k, v in registry.items()
-                  if v.get("type") == "solution" and v.get("docname") == app.env.docname]:
+                  if v.get("type") == "solution" and v.get("docname") == doc]:
         del registry[label]
 
 

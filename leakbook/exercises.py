@@ -136,7 +136,8 @@ def _forbidding(names: tuple[str, ...]):
             for dotted, obj in targets:
                 if value is obj:
                     patches.append((module, key, value, dotted))
-    codes = {obj.__code__: dotted for dotted, obj in targets if hasattr(obj, "__code__")}
+    codes = {obj.__code__: dotted for dotted, obj in targets
+             if hasattr(obj, "__code__")}
     hits: list[str] = []
     closing = []
 
@@ -217,7 +218,8 @@ class AnswerCheck:
         if not callable(answer):
             return verdict(False, "Pass your function itself (its name, without "
                            f"calling it), not a {type(answer).__name__}.")
-        seeds = [*self.public, *(hidden_seeds(self.label, self.hidden) if hidden else [])]
+        extra = hidden_seeds(self.label, self.hidden) if hidden else []
+        seeds = [*self.public, *extra]
         for seed in seeds:
             try:
                 hint = self.run(_Answer(answer, self.forbid), seed)
@@ -293,7 +295,8 @@ def as_tensor(value, dtype: torch.dtype = F64) -> torch.Tensor | None:
             t = value.detach().as_subclass(torch.Tensor)
         elif isinstance(value, (list, tuple)) and value and all(
                 isinstance(v, torch.Tensor) for v in value):
-            t = torch.stack([v.detach().as_subclass(torch.Tensor).to(dtype) for v in value])
+            t = torch.stack([v.detach().as_subclass(torch.Tensor).to(dtype)
+                             for v in value])
         else:
             t = torch.as_tensor(np.asarray(value, dtype=float))
         if t.is_complex():
@@ -311,12 +314,15 @@ def as_mask(value) -> torch.Tensor | None:
     return t.bool()
 
 
-def close(answer, expected, rtol: float = 1e-5, atol: float = 1e-8, hint: str = "") -> bool:
-    """Is a tensor (or number) answer close to the expected one, with the right shape?"""
+def close(answer, expected, rtol: float = 1e-5, atol: float = 1e-8,
+          hint: str = "") -> bool:
+    """Is a tensor (or number) answer close to the expected one, with its shape?
+    (For the value checks not yet converted.)"""
     try:
         a = torch.as_tensor(answer, dtype=torch.float64)
     except (TypeError, ValueError, RuntimeError):
-        return verdict(False, f"Expected a tensor or a number, got {type(answer).__name__}.")
+        return verdict(False, "Expected a tensor or a number, got "
+                       f"{type(answer).__name__}.")
     e = torch.as_tensor(expected, dtype=torch.float64)
     if a.shape != e.shape:
         return verdict(False, f"Expected shape {tuple(e.shape)}, got {tuple(a.shape)}.")
@@ -366,8 +372,10 @@ def _ch01_fedavg(answer, seed: int):
             "at the current weights before every step, and step against it.")
 
 
-@answer_check("ch01-ex-count", forbid=("leakbook.models.build", "leakbook.models.lenet_dlg",
-                                       "leakbook.models._cnn", "leakbook.models._conv_stack"))
+@answer_check("ch01-ex-count", forbid=("leakbook.models.build",
+                                       "leakbook.models.lenet_dlg",
+                                       "leakbook.models._cnn",
+                                       "leakbook.models._conv_stack"))
 def _ch01_count(answer, seed: int):
     """update_size(num_classes, in_channels, image_size) for DLG's LeNet."""
     from .models import build
@@ -375,7 +383,8 @@ def _ch01_count(answer, seed: int):
     args = (100, 3, 32) if seed == 0 else (pick.choice([2, 10, 100, 1000]),
                                            pick.choice([1, 3]),
                                            pick.choice([12, 16, 28, 32, 64]))
-    net = build("lenet_dlg", num_classes=args[0], in_channels=args[1], image_size=args[2])
+    net = build("lenet_dlg", num_classes=args[0], in_channels=args[1],
+                image_size=args[2])
     expected = sum(p.numel() for p in net.parameters())
     got = as_int(answer(*args))
     if got is None:
@@ -463,16 +472,18 @@ def _ch02_certify(answer, seed: int):
     """certified_inputs(grad_weight, grad_bias, tol) -> the inputs two rows agree on."""
     x, gw, gb, leaked = _ch02_batch_layer(seed)
     got = as_tensor(answer(gw.clone(), gb.clone(), 1e-10))
-    if got is None or (got.numel() > 0 and (got.dim() != 2 or got.shape[1] != x.shape[1])):
-        return f"Return a tensor of shape (k, {x.shape[1]}): one certified input a row."
+    n = x.shape[1]
+    if got is None or (got.numel() > 0 and (got.dim() != 2 or got.shape[1] != n)):
+        return f"Return a tensor of shape (k, {n}): one certified input a row."
     got = got.reshape(-1, x.shape[1])
     if not torch.isfinite(got).all():
         return "Your answer holds NaN or inf: skip rows whose bias gradient is zero."
     dist = torch.cdist(got, x, compute_mode="donot_use_mm_for_euclid_dist")
     dist = dist / x.norm(dim=1)
     if len(got) and not bool((dist.min(1).values < 1e-8).all()):
-        return ("Some vector you return is not one of the inputs: a row that several "
-                "samples switch on gives a mixture; certify only what two rows agree on.")
+        return ("Some vector you return is not one of the inputs: a row that "
+                "several samples switch on gives a mixture; certify only what "
+                "two rows agree on.")
     found = dist.argmin(1).tolist() if len(got) else []
     if len(set(found)) != len(found):
         return "The same input comes back twice: merge the rows that agree."
