@@ -36,7 +36,7 @@ from pathlib import Path
 import nbformat
 
 from . import course as C
-from .notebook import LABEL, allowed_statement, answer_names
+from .notebook import LABEL, allowed_statement, answer_names, layout
 
 STUDENT_ID = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -260,10 +260,12 @@ def grade(folder: Path, out: Path, salt: str | None = None, html: bool = True) -
     """Grade every submission under ``folder``; returns the rows per assignment."""
     folder, out = Path(folder), Path(out)
     course = out / "course"
-    releases = C.build_course(course)
-    subs = find_submissions(folder, releases)
+    chapters = {C.assignment_of(p): p for p in C.chapter_paths()
+                if layout(C.read(p)).converted}
+    subs = find_submissions(folder, chapters)
     if not subs:
         raise ValueError(f"no submissions (*.ipynb) under {folder}")
+    releases = C.build_course(course, sorted({chapters[s.assignment] for s in subs}))
     env = {"OMP_NUM_THREADS": "1"}
     if salt is not None:
         env[C.SALT_VARIABLE] = salt
