@@ -1,16 +1,18 @@
-"""Show package docstrings verbatim in the API page.
+"""Show package docstrings verbatim in the API page, as plain text.
 
 The package's docstrings are short plain text with tensor shapes, written to
-be read in a notebook's help(); shown as a literal block they render exactly
-as written and can never break the strict build.
+be read in a notebook's help(). Shown as a literal block of language "text"
+(class "docstring", styled by _js/leakbook.css) they render exactly as
+written, are not coloured as if they were Python code, wrap on a narrow
+screen, and can never break the strict build.
 """
 
 
 def _verbatim(app, what, name, obj, options, lines):
     if not lines:
         return
-    body = ["    " + line if line.strip() else "" for line in lines]
-    lines[:] = ["::", ""] + body + [""]
+    body = ["   " + line if line.strip() else "" for line in lines]
+    lines[:] = [".. code-block:: text", "   :class: docstring", ""] + body + [""]
 
 
 def setup(app):

@@ -1,4 +1,9 @@
-"""Serve the built book on 127.0.0.1 and drive Debian's headless Chromium."""
+"""Serve the built book on 127.0.0.1 and drive Debian's headless Chromium.
+
+LEAKBOOK_SITE=/path/to/html runs the tests on another build (for example the
+book as it was before a change).
+"""
+import os
 import socket
 import subprocess
 import sys
@@ -8,10 +13,23 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SITE = ROOT / "_build" / "html"
+SITE = Path(os.environ.get("LEAKBOOK_SITE", ROOT / "_build" / "html")).resolve()
+SHOTS = ROOT / "_build" / "screenshots"
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+#: a desktop browser and a phone (iPhone 12-15 class: 390 CSS pixels)
+WIDTHS = {"desktop": (1280, 900), "phone": (390, 844)}
+#: pages Sphinx makes on its own, not written by us
+GENERATED = {"genindex.html", "search.html", "py-modindex.html"}
+
+
+def book_pages() -> list[str]:
+    """Every page of the book, relative to the site: the top level and chapters/."""
+    if not SITE.is_dir():
+        return []
+    top = [p.name for p in SITE.glob("*.html") if p.name not in GENERATED]
+    return sorted(top) + sorted(f"chapters/{p.name}" for p in SITE.glob("chapters/*.html"))
 
 
 def _free_port() -> int:
@@ -23,7 +41,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def site_url():
     if not (SITE / "index.html").exists():
-        pytest.fail("no built book in _build/html: run `make book` first")
+        pytest.fail(f"no built book in {SITE}: run `make book` first")
     port = _free_port()
     server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind",
                                "127.0.0.1", "-d", str(SITE)],

@@ -148,7 +148,7 @@ def compare(x_true: torch.Tensor, *recons: torch.Tensor, names=None, scale: floa
     side = min(scale, (MAX_WIDTH - label_w) / ncols)
     nrows = blocks * len(rows)
     fig, axes = plt.subplots(nrows, ncols, squeeze=False,
-                             figsize=(side * ncols + label_w, (side + 0.25) * nrows))
+                             figsize=(side * ncols + label_w, (side + 0.3) * nrows))
     flat = flat_baseline(x_true)
     for i in range(blocks * ncols):
         block, col = divmod(i, ncols)
@@ -165,7 +165,7 @@ def compare(x_true: torch.Tensor, *recons: torch.Tensor, names=None, scale: floa
             value = psnr(ref, x_true[i:i + 1])
             ax.set_title(f"flat {value:.1f}" if r == 0 else f"{value:.1f} dB",
                          fontsize=MIN_FONT)
-    fig.tight_layout(h_pad=0.3, w_pad=0.3)
+    fig.tight_layout(h_pad=0.6, w_pad=0.3)
     return fig
 
 
