@@ -47,6 +47,8 @@ async () => {
     if (/\$/.test(tex) || /(?:\b[A-Za-z]{3,}\b[\s,.;:()]+){3}/.test(bare)) {
       swallowed.push(tex.replace(/\s+/g, " ").slice(0, 100));
     }
+    const role = tex.match(/\{(?:cite|ref|numref|eq|term|doc)(?::[a-z]+)?\}`[^`]*`/);
+    if (role) rawRoles.push(`in math: ${role[0]}`);
   }
 
   // ---- solutions: hidden until opened, none leaked outside a dropdown ----

@@ -20,16 +20,20 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 #: a desktop browser and a phone (iPhone 12-15 class: 390 CSS pixels)
 WIDTHS = {"desktop": (1280, 900), "phone": (390, 844)}
-#: pages Sphinx makes on its own, not written by us
-GENERATED = {"genindex.html", "search.html", "py-modindex.html"}
 
 
 def book_pages() -> list[str]:
-    """Every page of the book, relative to the site: the top level and chapters/."""
-    if not SITE.is_dir():
+    """Every page of the book (from the _toc.yml of the build's source), as
+    paths relative to the site; a page left over from an older build is not
+    checked."""
+    import yaml
+    toc_path = SITE.parent.parent / "_toc.yml"
+    if not toc_path.exists():
         return []
-    top = [p.name for p in SITE.glob("*.html") if p.name not in GENERATED]
-    return sorted(top) + sorted(f"chapters/{p.name}" for p in SITE.glob("chapters/*.html"))
+    toc = yaml.safe_load(toc_path.read_text())
+    files = [toc["root"]] + [c["file"] for part in toc.get("parts", [])
+                             for c in part.get("chapters", [])]
+    return [f"{f}.html" for f in files if (SITE / f"{f}.html").exists()]
 
 
 def _free_port() -> int:

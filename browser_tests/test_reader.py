@@ -22,7 +22,8 @@ _RECORDS: dict = {}
 
 
 def _visible_chapter_links(page) -> int:
-    return page.evaluate("""() => [...document.querySelectorAll('a[href]')]
+    return page.evaluate("""() => [...document.querySelectorAll(
+            '#pst-primary-sidebar a[href], .bd-sidebar-primary a[href], dialog a[href]')]
         .filter(a => a.href.includes('/chapters/') && !a.href.includes('#'))
         .filter(a => { const r = a.getBoundingClientRect();
                        return r.width > 0 && r.height > 0 && r.left >= 0 &&

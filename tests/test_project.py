@@ -55,6 +55,65 @@ def _prose_lines(text):
         yield n, line
 
 
+def _pyproject_requirements() -> set[str]:
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    reqs = set(meta["dependencies"])
+    for extra in meta["optional-dependencies"].values():
+        reqs |= set(extra)
+    return {r.replace(" ", "") for r in reqs}
+
+
+def _environment_requirements() -> set[str]:
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    return {r.replace(" ", "") for r in pip if not r.startswith("-e")}
+
+
+def test_environment_yml_lists_the_same_dependencies_as_pyproject():
+    missing = _pyproject_requirements() - _environment_requirements()
+    extra = _environment_requirements() - _pyproject_requirements()
+    assert not missing and not extra, f"environment.yml lacks {missing}, adds {extra}"
+
+
+def test_torch_is_pinned_to_the_cpu_build():
+    assert "torch==2.13.0" in _pyproject_requirements()
+
+
+def test_notebooks_are_committed_without_outputs():
+    for nb_path in sorted((ROOT / "chapters").glob("*.ipynb")):
+        nb = json.loads(nb_path.read_text())
+        dirty = [i for i, c in enumerate(nb["cells"])
+                 if c["cell_type"] == "code" and (c.get("outputs") or c.get("execution_count"))]
+        assert not dirty, f"{nb_path.name}: cells {dirty} carry outputs; strip them"
+
+
+def test_every_chapter_is_in_the_table_of_contents():
+    toc = (ROOT / "_toc.yml").read_text()
+    for nb_path in sorted((ROOT / "chapters").glob("*.ipynb")):
+        assert f"chapters/{nb_path.stem}" in toc, f"{nb_path.name} is not in _toc.yml"
+
+
+def test_every_exercise_has_a_solution_and_a_check():
+    for nb_path in sorted((ROOT / "chapters").glob("*.ipynb")):
+        cells = json.loads(nb_path.read_text())["cells"]
+        text = "\n".join("".join(c["source"]) for c in cells)
+        labels = [line.split(":label:")[1].strip() for line in text.splitlines()
+                  if line.startswith(":label:")]
+        assert labels, f"{nb_path.name} has no exercises"
+        for label in labels:
+            assert f"{{solution-start}} {label}" in text, f"{nb_path.name}: {label} has no solution"
+        assert "lb.exercises." in text, f"{nb_path.name}: no auto-checked exercise"
+
+
+def test_cited_keys_exist_in_references_bib():
+    bib = (ROOT / "references.bib").read_text()
+    keys = set(re.findall(r"@\w+\{([^,]+),", bib))
+    sources = [p.read_text() for p in [*CHAPTERS, *PAGES]]
+    cited = {k.strip() for s in sources for group in re.findall(r"\{(?:foot)?cite[:a-z]*\}`([^`]+)`", s)
+             for k in group.split(",")}
+    assert cited and cited <= keys, f"cited but not in references.bib: {cited - keys}"
+
+
 def _numbered_toc_chapters():
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
     return [c["file"] for part in toc["parts"] if part.get("numbered")
