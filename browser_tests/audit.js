@@ -76,7 +76,8 @@ async () => {
   }
 
   // ---- widths: outputs, display math, tables, images, the page ----
-  const column = article.clientWidth;
+  const pad = getComputedStyle(article);
+  const column = article.clientWidth - parseFloat(pad.paddingLeft) - parseFloat(pad.paddingRight);
   const wide = [];
   for (const pre of main.querySelectorAll(".cell_output pre, .output pre")) {
     if (!visible(pre)) continue;
