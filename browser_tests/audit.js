@@ -100,7 +100,7 @@ async () => {
     }
   }
   for (const t of main.querySelectorAll("table")) {
-    if (!visible(t) || t.closest(".cell_output")) continue;
+    if (!visible(t)) continue;
     const w = t.getBoundingClientRect().width;
     if (w > column + 1) wide.push(`table: ${Math.round(w)}px in ${column}px: ` +
                                   t.textContent.trim().replace(/\s+/g, " ").slice(0, 50));
