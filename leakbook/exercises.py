@@ -725,7 +725,8 @@ def _ch09_activation(seed: int):
     return lambda z: scale * base(slope * z + shift)
 
 
-@answer_check("ch09-ex-sigmoid", forbid=("leakbook.attacks.tensor.hermite_coefficient",))
+@answer_check("ch09-ex-sigmoid",
+              forbid=("leakbook.attacks.tensor.hermite_coefficient",))
 def _ch09_sigmoid(answer, seed: int):
     """third_coefficient(activation) -> c_3 = E[activation'''(z)], z ~ N(0, 1)."""
     from .attacks.tensor import hermite_coefficient
