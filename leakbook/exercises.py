@@ -708,63 +708,223 @@ def _ch08_safer(answer, size=16) -> bool:
                    "deficiency of the second conv reach 0.")
 
 
-# --- chapters 09-10 ---------------------------------------------------------
+# --- chapter 09 -------------------------------------------------------------
 
 
-@register("ch09-ex-sigmoid")
-def _ch09_sigmoid(answer) -> bool:
-    """c_3 = E[sigmoid'''(z)], z ~ N(0, 1), to 1e-4."""
+def _ch09_activation(seed: int):
+    """A smooth activation (a torch function of a float64 tensor) drawn from seed."""
+    if seed == 0:
+        return torch.sigmoid                            # the chapter's question
+    if seed == 1:
+        return lambda z: 1.5 * torch.tanh(0.7 * z + 0.4)
+    pick = random.Random(seed)
+    base = pick.choice([torch.tanh, torch.sigmoid, torch.erf,
+                        torch.nn.functional.softplus])
+    scale, slope = pick.uniform(0.5, 2.0), pick.uniform(0.4, 1.6)
+    shift = pick.choice([0.0, pick.uniform(-1.0, 1.0)])
+    return lambda z: scale * base(slope * z + shift)
+
+
+@answer_check("ch09-ex-sigmoid",
+              forbid=("leakbook.attacks.tensor.hermite_coefficient",))
+def _ch09_sigmoid(answer, seed: int):
+    """third_coefficient(activation) -> c_3 = E[activation'''(z)], z ~ N(0, 1)."""
     from .attacks.tensor import hermite_coefficient
-    expected = hermite_coefficient(torch.sigmoid, 3)
-    try:
-        a = float(answer)
-    except (TypeError, ValueError):
-        return verdict(False, f"Expected a number, got {type(answer).__name__}.")
-    if abs(a - expected) <= 1e-4:
-        return verdict(True)
-    if abs(a + expected) <= 1e-4:
-        return verdict(False, "Right size, wrong sign: check the third derivative.")
-    return verdict(False, "Average the third derivative of the sigmoid against the "
-                   "standard normal density; sigmoid(z) = (1 + tanh(z / 2)) / 2 gives "
-                   "E[tanh'''(z / 2)] / 16 as a cross-check.")
+    act = _ch09_activation(seed)
+    expected = hermite_coefficient(act, 3)
+    got = as_float(answer(act))
+    if got is None or not math.isfinite(got):
+        return "Return one real number (a float, or a NumPy or torch scalar)."
+    if abs(got - expected) <= 1e-6 + 1e-5 * abs(expected):
+        return None
+    if abs(expected) > 1e-3 and abs(got + expected) <= 1e-6 + 1e-5 * abs(expected):
+        return ("Wrong sign: look again at the signs of the terms of the third "
+                "derivative, or of the third Hermite polynomial.")
+    cubed = hermite_coefficient(lambda z: act(z) * z ** 3, 0)
+    if abs(got - cubed) <= 1e-4 * max(1.0, abs(cubed)):
+        return ("You weighed the activation with z cubed: the identity needs the "
+                "Hermite polynomial of order 3, which has a second term.")
+    if abs(got - expected) <= 1e-2:
+        return ("Close, but not to 1e-6: a Monte-Carlo average is too noisy. "
+                "Integrate against the normal density on a fine grid over a wide "
+                "interval (or use Gauss-Hermite nodes).")
+    return ("Not the mean of the activation's third derivative under a standard "
+            "normal input: check the derivatives (torch.autograd with "
+            "create_graph=True) and the density you weigh them with.")
 
 
-@register("ch09-ex-targets")
-def _ch09_targets(answer, truth, tol: float = 0.1) -> bool:
-    """Regression targets recovered from the CP weights, in any order, to ``tol``."""
-    e = torch.as_tensor(truth, dtype=torch.float64).flatten().sort().values
-    try:
-        a = torch.as_tensor(answer, dtype=torch.float64).flatten()
-    except (TypeError, ValueError, RuntimeError):
-        return verdict(False, f"Expected a tensor, got {type(answer).__name__}.")
-    if a.numel() != e.numel() or not torch.isfinite(a).all():
-        return verdict(False, f"Expected {e.numel()} finite targets, got {a.numel()}.")
-    if (a.sort().values - e).abs().max() <= tol:
-        return verdict(True)
-    if ((-a).sort().values - e).abs().max() <= tol:
-        return verdict(False, "All signs are flipped: use the sign-corrected "
-                       "directions and flip the weights with them.")
-    return verdict(False, "y_i = f(x_i) - (B / 2) r_i with r_i = lambda_i / c_3, where "
-                   "lambda_i is the weight of the (sign-corrected) direction x_i.")
+def _ch09_gradient(seed: int, width: int):
+    """A batch of unit-norm inputs, a random two-layer net and its MSE gradient.
+
+    Seed 0 is the chapter's setting (8 digits, tanh, targets class / 9).
+    Returns (net, x (B, d), y (B, 1), grads).
+    """
+    from . import data, fl
+    from .attacks.tensor import random_two_layer
+    pick = random.Random(seed)
+    gen = torch.Generator().manual_seed(seed)
+    if seed == 0:
+        b, act, source = 8, "tanh", "digits"
+    elif seed == 1:
+        b, act, source = 3, "sigmoid", "random"
+    else:
+        b = pick.randint(2, 8)
+        act = pick.choice(["tanh", "tanh", "sigmoid"])
+        source = pick.choice(["digits", "random"])
+    if source == "digits":
+        imgs, classes = data.load("digits", b, seed=seed, dtype=F64)
+        x = imgs.flatten(1)
+    else:
+        x = torch.randn(b, pick.randint(b, 16), generator=gen, dtype=F64)
+        classes = torch.randint(0, 10, (b,), generator=gen)
+    x = x / x.norm(dim=1, keepdim=True)
+    net = random_two_layer(x.shape[1], width, act, seed=seed + 100)
+    with torch.no_grad():
+        y = (classes.to(F64)[:, None] / 9 if seed == 0 or pick.random() < 0.5
+             else -torch.sign(net(x)))
+    return net, x, y, fl.shared_gradients(net, x, y, loss="mse")
 
 
-@register("ch09-ex-width")
-def _ch09_width(answer, rows, d: int = 20, B: int = 5, gradient: str = "output",
-                target: float = 0.05) -> bool:
-    """Width for a target tensor error under error = C / sqrt(m), C fitted; 10 %."""
-    sel = [r for r in rows if (r["d"], r["B"], r["gradient"]) == (d, B, gradient)]
-    consts = [r["tensor_error"] * r["m"] ** 0.5 for r in sel]
-    expected = (sum(consts) / len(consts) / target) ** 2
-    try:
-        a = float(answer)
-    except (TypeError, ValueError):
-        return verdict(False, f"Expected a number, got {type(answer).__name__}.")
-    if abs(a - expected) <= 0.1 * expected:
-        return verdict(True)
-    if abs(a ** 0.5 - expected) <= 0.1 * expected:
-        return verdict(False, "Solve C / sqrt(m) = target for m: square the ratio.")
-    return verdict(False, "Fit C = error * sqrt(m) on the output-layer rows at d = 20, "
-                   "B = 5, then m = (C / 0.05)^2.")
+@answer_check("ch09-ex-estimator",
+              forbid=("leakbook.attacks.tensor.projected_moment_tensor",
+                      "leakbook.attacks.tensor.moment_tensor",
+                      "leakbook.attacks.tensor.tensor_decomposition",
+                      "leakbook.attacks.tensor._features",
+                      "leakbook.attacks.tensor._sym3"))
+def _ch09_estimator(answer, seed: int):
+    """projected_tensor(W, a, grad_W, Q) -> the plain estimate (B, B, B) in Q."""
+    from itertools import permutations
+
+    from .attacks.tensor import input_span, projected_moment_tensor
+    width = 4000 if seed < 2 else random.Random(seed).choice([2000, 3000, 5000])
+    net, x, _, grads = _ch09_gradient(seed, width)
+    W, a = net[0].weight.detach(), net[2].weight.detach().reshape(-1)
+    Q, _ = input_span(grads[0], len(x))
+    expected, _ = projected_moment_tensor(W, a, grads[0], grads[1].reshape(-1), Q)
+    b = Q.shape[1]
+    got = as_tensor(answer(W.clone(), a.clone(), grads[0].clone(), Q.clone()))
+    if got is None or got.shape != expected.shape:
+        return f"Return a tensor of shape (B, B, B) = ({b}, {b}, {b}): B columns of Q."
+    if not torch.isfinite(got).all():
+        return "Your tensor holds NaN or inf."
+    scale = float(expected.norm())
+
+    def near(t):
+        return float((got - t).norm()) <= 1e-8 * scale
+
+    if near(expected):
+        return None
+    if float((got - expected).norm()) <= 1e-4 * scale:
+        return "Close, but only to single precision: compute in float64."
+    if not torch.allclose(got, got.permute(1, 0, 2), rtol=1e-6, atol=1e-8 * scale):
+        return ("Your tensor is not symmetric in its three indices, as the moment "
+                "tensor is: average over the orders of the indices, as the chapter "
+                "does.")
+    if near(expected * len(W)):
+        return "Off by a factor of the width: average over the neurons, do not sum."
+    unscaled, _ = projected_moment_tensor(W, torch.ones_like(a), grads[0],
+                                          grads[1].reshape(-1), Q)
+    if near(unscaled):
+        return ("Each row of grad_W carries the output weight of its neuron: the "
+                "identity is about the gradient without it.")
+    Z, Y = W @ Q, (grads[0] / a[:, None]) @ Q
+    cubed = torch.einsum("jc,ja,jb->cab", Y, Z, Z) / len(W)
+    cubed = sum(cubed.permute(*p) for p in permutations(range(3))) / 6
+    if near(cubed):
+        return ("The second Hermite tensor is not z z^T alone: your estimate "
+                "misses a term.")
+    return ("Not the plain estimate: project each neuron's weight and its "
+            "gradient (without its output weight) onto Q, average the gradient "
+            "against the second Hermite tensor of the projected weight over the "
+            "neurons, then symmetrise.")
+
+
+@answer_check("ch09-ex-targets", forbid=("leakbook.attacks.tensor.as_images",))
+def _ch09_targets(answer, seed: int):
+    """targets(model, directions, weights, c3) -> (B,) the client's targets."""
+    from . import data
+    from .attacks.tensor import hermite_coefficient, random_two_layer
+    pick = random.Random(seed)
+    gen = torch.Generator().manual_seed(seed)
+    b = 8 if seed == 0 else pick.randint(2, 8)
+    act = "tanh" if seed < 2 else pick.choice(["tanh", "sigmoid"])
+    imgs, classes = data.load("digits", b, seed=seed, dtype=F64)
+    x = imgs.flatten(1)
+    x = x / x.norm(dim=1, keepdim=True)                 # pixels >= 0, unit norm
+    net = random_two_layer(64, pick.choice([500, 1000, 2000]), act, seed=seed + 100)
+    c3 = hermite_coefficient(net[1], 3)
+    with torch.no_grad():
+        y = (classes.to(F64) / 9 if seed == 0 or pick.random() < 0.5
+             else torch.randn(b, generator=gen, dtype=F64))
+        r = 2 / b * (net(x).reshape(-1) - y)            # residuals of the MSE
+    signs = torch.where(torch.rand(b, generator=gen) < 0.5, -1.0, 1.0).to(F64)
+    signs[0] = -1.0                                     # at least one flipped
+    order = torch.randperm(b, generator=gen)
+    directions, weights = (signs[:, None] * x)[order], (signs * c3 * r)[order]
+    expected = y[order]
+    before = [p.detach().clone() for p in net.parameters()]
+    got = as_tensor(answer(net, directions.clone(), weights.clone(), c3))
+    if not all(torch.equal(p, q) for p, q in zip(net.parameters(), before)):
+        return "Your function changed the model: leave the server's network as it is."
+    if got is None or got.numel() != b:
+        return f"Return one target per direction: a tensor of shape ({b},)."
+    got = got.reshape(-1)
+    tol = 1e-8 * max(1.0, float(expected.abs().max()))
+    if torch.allclose(got, expected, rtol=0, atol=tol):
+        return None
+    if bool(((got.abs() - expected.abs()).abs() <= tol).all()):
+        return ("Some targets have the wrong sign: a direction and its opposite fit "
+                "the tensor equally well. Choose each direction's sign without the "
+                "truth, as the chapter does to show the digits, and flip its "
+                "weight with it.")
+    if torch.allclose(got.sort().values, expected.sort().values, rtol=0, atol=tol):
+        return "Return the targets in the order of the directions you were given."
+    return ("Not the targets: go from each weight to its sample's residual, then "
+            "from the residual to the target, with the client's loss (the mean "
+            "squared error over the batch) and the network's output at the input.")
+
+
+@answer_check("ch09-ex-width")
+def _ch09_width(answer, seed: int):
+    """width_for_error(widths, errors, target) -> m under error = C / sqrt(m)."""
+    pick = random.Random(seed)
+    gen = np.random.default_rng(seed)
+    noise = None
+    if seed == 0:           # like the control-variate runs of the chapter's sweep
+        widths = np.repeat([10_000, 31_623, 100_000], 10)
+        const, target = 2.8, 0.005
+    elif seed == 1:         # a short range, far extrapolation: a free slope fails
+        widths = np.repeat([1000, 2000, 4000], 2)
+        const, target = 6.0, 0.006
+        noise = np.array([0.961, 0.936, 0.988, 1.021, 1.058, 1.006])
+    else:
+        low, n = pick.uniform(2.5, 3.5), pick.randint(3, 6)
+        widths = np.repeat(np.round(np.logspace(low, low + pick.uniform(1, 2.5), n)),
+                           pick.randint(1, 4)).astype(int)
+        const = pick.uniform(1, 30)
+        target = const / math.sqrt(10 ** pick.uniform(low, low + 4))
+    if noise is None:
+        noise = np.exp(0.05 * gen.standard_normal(len(widths)))
+    errors = const / np.sqrt(widths) * noise
+    shuffle = gen.permutation(len(widths))
+    widths, errors = widths[shuffle], errors[shuffle]
+    fitted = math.exp(float(np.mean(np.log(errors * np.sqrt(widths)))))
+    expected = (fitted / target) ** 2
+    got = as_float(answer([int(w) for w in widths], [float(e) for e in errors],
+                          target))
+    if got is None or not math.isfinite(got) or got <= 0:
+        return "Return the width as one positive number (it need not be whole)."
+    if abs(got / expected - 1) <= 0.03:
+        return None
+    if abs(got / math.sqrt(expected) - 1) <= 0.1:
+        return ("Check the power of the law: to halve the error, the width must "
+                "grow four times.")
+    return ("Not the width at which the fitted law reaches the target: keep the "
+            "law's exponent fixed, fit its one constant to all the measurements "
+            "on a log scale, then solve the law for the width.")
+
+
+# --- chapters 09-10 ---------------------------------------------------------
 
 
 @register("ch10-ex-noise-error")

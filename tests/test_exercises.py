@@ -2,6 +2,7 @@
 and the feedback never shows the expected value."""
 import copy
 import io
+import itertools
 from contextlib import redirect_stdout
 
 import numpy as np
@@ -65,6 +66,101 @@ REFERENCE = {"ch01-ex-fedavg": fedavg_update, "ch01-ex-count": update_size,
              "ch01-ex-recover": recover_input, "ch02-ex-rows": isolating_rows,
              "ch02-ex-certify": certified_inputs, "ch02-ex-rank": delta_rank}
 
+
+# --- chapter 09 -------------------------------------------------------------
+
+def third_coefficient(activation):
+    z = torch.linspace(-12, 12, 200_001, dtype=torch.float64, requires_grad=True)
+    d1 = torch.autograd.grad(activation(z).sum(), z, create_graph=True)[0]
+    d2 = torch.autograd.grad(d1.sum(), z, create_graph=True)[0]
+    d3 = torch.autograd.grad(d2.sum(), z)[0]
+    zd = z.detach()
+    return float(torch.trapezoid(d3 * torch.exp(-zd ** 2 / 2), zd)
+                 / (2 * torch.pi) ** 0.5)
+
+
+def third_coefficient_gauss_hermite(activation):
+    """Another honest route: Gauss-Hermite nodes and He_3 = z^3 - 3z."""
+    z, w = np.polynomial.hermite_e.hermegauss(120)
+    z = torch.tensor(z, dtype=torch.float64)
+    return float((activation(z) * (z ** 3 - 3 * z)).numpy() @ w / (2 * np.pi) ** 0.5)
+
+
+def projected_tensor(W, a, grad_W, Q):
+    Z, Y = W @ Q, (grad_W / a[:, None]) @ Q
+    m, b = Z.shape
+    T = (torch.einsum("jc,ja,jb->cab", Y, Z, Z)
+         - torch.einsum("c,ab->cab", Y.sum(0), torch.eye(b, dtype=Z.dtype))) / m
+    return sum(T.permute(*p) for p in itertools.permutations(range(3))) / 6
+
+
+def targets(model, directions, weights, c3):
+    signs = torch.where(directions.sum(1) < 0, -1.0, 1.0).to(directions.dtype)
+    with torch.no_grad():
+        f = model(signs[:, None] * directions).reshape(-1)
+    return f - len(directions) / 2 * signs * weights / c3
+
+
+def width_for_error(widths, errors, target):
+    w, e = np.asarray(widths, float), np.asarray(errors, float)
+    return float((np.exp(np.mean(np.log(e * np.sqrt(w)))) / target) ** 2)
+
+
+REFERENCE.update({"ch09-ex-sigmoid": third_coefficient,
+                  "ch09-ex-estimator": projected_tensor,
+                  "ch09-ex-targets": targets, "ch09-ex-width": width_for_error})
+
+
+def test_other_honest_routes_pass_the_ch09_checks():
+    assert run("ch09-ex-sigmoid", third_coefficient_gauss_hermite)[0]
+    for per_width in (False, True):
+        def arithmetic(widths, errors, target, per_width=per_width):
+            w, e = np.asarray(widths, float), np.asarray(errors, float)
+            if per_width:
+                e = np.array([e[w == u].mean() for u in np.unique(w)])
+                w = np.unique(w)
+            return (np.mean(e * np.sqrt(w)) / target) ** 2
+        assert run("ch09-ex-width", arithmetic)[0]
+
+
+def test_the_ch09_target_cases_flip_a_direction_and_shuffle():
+    """Every targets case has a flipped direction; the sign rule of the chapter
+    (positive pixel sum) fixes it on every hidden case too."""
+    def unsigned(model, directions, weights, c3):
+        with torch.no_grad():
+            f = model(directions).reshape(-1)
+        return f - len(directions) / 2 * weights / c3
+    check = E.ANSWER_CHECKS["ch09-ex-targets"]
+    for seed in [0, 1, *E.hidden_seeds("ch09-ex-targets", 12, "probe")]:
+        assert check.run(E._Answer(unsigned, ()), seed) is not None
+        assert check.run(E._Answer(targets, ()), seed) is None
+
+
+
+def test_ch09_feedback_shows_no_numbers():
+    """Hints of the chapter 09 checks hold no number but the task's own."""
+    wrong = [("ch09-ex-sigmoid", lambda f: 0.1), ("ch09-ex-sigmoid", c3_monte_carlo),
+             ("ch09-ex-estimator", lambda W, a, g, Q: 2 * projected_tensor(W, a, g, Q)),
+             ("ch09-ex-targets", lambda m, U, w, c3: 1.01 * targets(m, U, w, c3)),
+             ("ch09-ex-width", lambda w, e, t: 1.1 * width_for_error(w, e, t)),
+             ("ch09-ex-width", lambda w, e, t: width_for_error(w, e, t) ** 0.5)]
+    for label, fn in wrong:
+        ok, text = run(label, fn)
+        assert not ok
+        rest = text.replace("1e-6", "").replace("order 3", "").replace("float64", "")
+        assert not any(ch.isdigit() for ch in rest), text
+
+
+def test_ch09_numpy_and_torch_answers_are_accepted():
+    for wrap in (np.float64, np.float32, torch.tensor, lambda v: np.array([v])):
+        assert run("ch09-ex-sigmoid", lambda f, w=wrap: w(third_coefficient(f)),
+                   hidden=False)[0], wrap
+        assert run("ch09-ex-width", lambda *a, w=wrap: w(width_for_error(*a)),
+                   hidden=False)[0], wrap
+    assert run("ch09-ex-targets", lambda *a: targets(*a).numpy(), hidden=False)[0]
+    assert run("ch09-ex-targets", lambda *a: targets(*a).tolist(), hidden=False)[0]
+    assert run("ch09-ex-estimator", lambda *a: projected_tensor(*a).numpy(),
+               hidden=False)[0]
 
 def run(label, fn, hidden=True):
     out = io.StringIO()
@@ -199,6 +295,82 @@ CHEATS = [
     ("ch02-ex-rank", lambda z, y: min(len(y), z.shape[1] - 1), "Not the rank"),
     ("ch02-ex-rank", lambda z, y: next((r for r in range(20) if E.check(
         "ch02-ex-rank", lambda *a: r)), None), "Not yet"),
+]
+
+
+# chapter 09
+
+
+def estimator_unsymmetrised(W, a, grad_W, Q):
+    Z, Y = W @ Q, (grad_W / a[:, None]) @ Q
+    b = Z.shape[1]
+    return (torch.einsum("jc,ja,jb->cab", Y, Z, Z)
+            - torch.einsum("c,ab->cab", Y.sum(0), torch.eye(b, dtype=Z.dtype))) / len(Z)
+
+
+def estimator_z_cubed(W, a, grad_W, Q):
+    Z, Y = W @ Q, (grad_W / a[:, None]) @ Q
+    T = torch.einsum("jc,ja,jb->cab", Y, Z, Z) / len(Z)
+    return sum(T.permute(*p) for p in itertools.permutations(range(3))) / 6
+
+
+def c3_monte_carlo(activation):
+    z = torch.randn(10 ** 6, generator=torch.Generator().manual_seed(0),
+                    dtype=torch.float64)
+    return float((activation(z) * (z ** 3 - 3 * z)).mean())
+
+
+def c3_z_cubed(activation):
+    z, w = np.polynomial.hermite_e.hermegauss(120)
+    z = torch.tensor(z, dtype=torch.float64)
+    return float((activation(z) * z ** 3).numpy() @ w / (2 * np.pi) ** 0.5)
+
+
+def targets_unsigned(model, directions, weights, c3):
+    with torch.no_grad():
+        f = model(directions).reshape(-1)
+    return f - len(directions) / 2 * weights / c3
+
+
+def width_free_slope(widths, errors, target):
+    slope, icept = np.polyfit(np.log(widths), np.log(errors), 1)
+    return float(np.exp((np.log(target) - icept) / slope))
+
+
+hc = lb.attacks.hermite_coefficient
+
+CHEATS += [
+    ("ch09-ex-sigmoid", lambda f: lb.attacks.hermite_coefficient(f, 3),
+     "called leakbook.attacks.tensor.hermite_coefficient"),
+    ("ch09-ex-sigmoid", lambda f: hc(f, 3), "hermite_coefficient"),
+    ("ch09-ex-sigmoid", lambda f: -0.0624, "Not yet"),
+    ("ch09-ex-sigmoid", c3_monte_carlo, "Monte-Carlo"),
+    ("ch09-ex-sigmoid", c3_z_cubed, "z cubed"),
+    ("ch09-ex-sigmoid", lambda f: -third_coefficient(f), "Wrong sign"),
+    ("ch09-ex-estimator", lambda W, a, g, Q: lb.attacks.projected_moment_tensor(
+        W, a, g, torch.zeros(len(a), dtype=W.dtype), Q)[0], "projected_moment_tensor"),
+    ("ch09-ex-estimator", lambda W, a, g, Q: lb.attacks.moment_tensor(
+        W @ Q, a, g @ Q, torch.zeros(len(a), dtype=W.dtype))[0], "moment_tensor"),
+    ("ch09-ex-estimator", lambda W, a, g, Q: lb.attacks.tensor_decomposition(
+        (W, a, torch.tanh), [g, torch.zeros(1, len(a), dtype=W.dtype)], Q.shape[1],
+        control_variates=None).stats["tensor"], "tensor_decomposition"),
+    ("ch09-ex-estimator", estimator_unsymmetrised, "not symmetric"),
+    ("ch09-ex-estimator", estimator_z_cubed, "misses a term"),
+    ("ch09-ex-estimator", lambda W, a, g, Q: projected_tensor(W, torch.ones_like(a),
+                                                              g, Q), "output weight"),
+    ("ch09-ex-estimator", lambda W, a, g, Q: projected_tensor(W, a, g, Q) * len(W),
+     "factor of the width"),
+    ("ch09-ex-estimator", lambda W, a, g, Q: projected_tensor(
+        W.float(), a.float(), g.float(), Q.float()), "single precision"),
+    ("ch09-ex-targets",
+     lambda m, U, w, c3: lb.attacks.tensor.as_images(U).sum((1, 2, 3)), "as_images"),
+    ("ch09-ex-targets", targets_unsigned, "wrong sign"),
+    ("ch09-ex-targets", lambda *a: targets(*a).sort().values, "order"),
+    ("ch09-ex-targets", lambda m, U, w, c3: torch.arange(len(U)) / 9,
+     "Not the targets"),
+    ("ch09-ex-width", width_free_slope, "Not the width"),
+    ("ch09-ex-width", lambda w, e, t: width_for_error(w, e, t) ** 0.5, "power"),
+    ("ch09-ex-width", lambda w, e, t: max(w), "Not the width"),
 ]
 
 
