@@ -17,7 +17,9 @@ model (``ATTACKER_DATA``): none; noise (uniform images it draws itself);
 aux x (the auxiliary images, labels unused); aux x, y (with labels). LLG*
 needs only the architecture: its shadow is trained on aux x, y for as many
 epochs as the target (0 when untrained). ``geng_true`` reads the batch's
-true softmax mean: an oracle that shows the counting identity, not an attack.
+true softmax mean: an oracle that shows the counting identity, not an attack;
+``calibrated_presence_oracle`` is told which classes are present: what the
+calibrated counts would reach with a perfect presence test, not an attack.
 Accuracy is the multiset label accuracy, computed with the true labels (a
 metric, never part of an attack). The defaults of ``calibrated`` (prior,
 ridge, simulations) were chosen on networks and batches of seeds 100-102
@@ -58,6 +60,7 @@ ATTACKER_DATA = {
     "geng_noise": "noise", "geng_aux": "aux x", "geng_aux_nobias": "aux x",
     "geng_refined": "aux x", "calibrated": "aux x, y",
     "geng_true": "oracle (true softmax mean)",
+    "calibrated_presence_oracle": "aux x, y + oracle (which classes are present)",
 }
 #: accuracies are means of multiples of 1/B: the cheap run must match exactly
 TOLERANCE = {"rel": 0.0, "abs": 1e-9}
@@ -104,7 +107,7 @@ class Attacker:
     def aux_args(self, b: int):
         return self.aux[0], b, self.aux[1], 10, self.seed
 
-    def methods(self, grads, b: int, x_batch) -> dict:
+    def methods(self, grads, b: int, x_batch, y_batch) -> dict:
         """Every method's labels for one shared gradient (methods that apply)."""
         model, (xa, _) = self.model, self.aux
         prep = self.prepared(b)
@@ -124,6 +127,13 @@ class Attacker:
         out["geng_refined"] = L.recover(model, grads, b, "geng", dummies=xa, refine=True)
         out["calibrated"] = L.recover(model, grads, b, "calibrated",
                                       calibration=prep["calibration"])
+        # a ceiling, not an attack: calibrated counts told which classes are present
+        gw, gb = L.last_layer_grads(model, grads)
+        surv = L.count_survival(prep["calibration"], gw, gb)
+        present = torch.bincount(y_batch, minlength=surv.shape[0]) > 0
+        surv[~present] = 0.0
+        surv[present, 0] = 1.0
+        out["calibrated_presence_oracle"] = L.allocate(surv.cummin(1).values, b)
         with torch.no_grad():  # the true softmax mean: an oracle, for reference only
             p_true = model(x_batch).softmax(-1).mean(0)
         out["geng_true"] = L.recover(model, grads, b, "geng", softmax_mean=p_true)
@@ -153,7 +163,7 @@ def run(trials: int, networks=tuple(NETWORKS), stages=("untrained", "trained"),
                         labels = L.draw_labels(b, 10, share, seed=seed)
                         xb, yb = L.sample_batch(xp, yp, labels, seed=seed)
                         grads = fl.shared_gradients(model, xb, yb)
-                        for m, got in attacker.methods(grads, b, xb).items():
+                        for m, got in attacker.methods(grads, b, xb, yb).items():
                             scores.setdefault((mode, b, m), []).append(
                                 metrics.label_accuracy(got, yb))
                 for k, v in attacker.seconds.items():
