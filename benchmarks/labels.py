@@ -1,4 +1,4 @@
-"""Label recovery per method, batch size, label mix, training stage and network (ch. 03).
+"""Label recovery per method, batch size, label mix, training stage, network (ch. 03).
 
     python -m benchmarks.labels   # -> chapters/data/labels_bench.json
 
@@ -94,7 +94,8 @@ class Attacker:
     def prepared(self, b: int) -> dict:
         if b not in self.cache:
             start = time.time()
-            io = {"llg+_noise": L.impact_offset(self.model, self.noise, b, seed=self.seed),
+            io = {"llg+_noise": L.impact_offset(self.model, self.noise, b,
+                                                seed=self.seed),
                   "llg+_aux": L.impact_offset(self.model, *self.aux_args(b)),
                   "llg*": L.impact_offset(self.shadow, *self.aux_args(b))}
             self.seconds["llg_measurements"] += time.time() - start
@@ -124,7 +125,8 @@ class Attacker:
         out["geng_aux"] = L.recover(model, grads, b, "geng", dummies=xa)
         out["geng_aux_nobias"] = L.recover(model, grads, b, "geng", dummies=xa,
                                            use_bias=False)
-        out["geng_refined"] = L.recover(model, grads, b, "geng", dummies=xa, refine=True)
+        out["geng_refined"] = L.recover(model, grads, b, "geng", dummies=xa,
+                                        refine=True)
         out["calibrated"] = L.recover(model, grads, b, "calibrated",
                                       calibration=prep["calibration"])
         # a ceiling, not an attack: calibrated counts told which classes are present
@@ -141,7 +143,8 @@ class Attacker:
 
 
 def run(trials: int, networks=tuple(NETWORKS), stages=("untrained", "trained"),
-        modes=tuple(MODES), batch_sizes=tuple(BATCH_SIZES), verbose: bool = True) -> dict:
+        modes=tuple(MODES), batch_sizes=tuple(BATCH_SIZES),
+        verbose: bool = True) -> dict:
     """Mean, worst and exact-share accuracy per (network, stage, mode, B, method)."""
     train_set, aux, (xp, yp) = split()
     noise = L.noise_dummies((1, 8, 8), NOISE, seed=0)
@@ -170,8 +173,9 @@ def run(trials: int, networks=tuple(NETWORKS), stages=("untrained", "trained"),
                     seconds[k] += v
             model_acc[f"{name}/{stage}"] = round(sum(acc) / len(acc), 4)
             for (mode, b, m), s in scores.items():
+                exact = sum(v == 1.0 for v in s) / len(s)
                 rows.append([name, stage, mode, b, m, round(sum(s) / len(s), 6),
-                             round(min(s), 6), round(sum(v == 1.0 for v in s) / len(s), 6)])
+                             round(min(s), 6), round(exact, 6)])
             if verbose:
                 print(f"{name:14s} {stage:9s} test accuracy "
                       f"{model_acc[f'{name}/{stage}']:.3f}", flush=True)

@@ -328,7 +328,7 @@ def trained_relu(digits):
     return model
 
 
-def test_calibrated_beats_the_zero_shot_counts_on_a_trained_network(digits, trained_relu):
+def test_calibrated_beats_zero_shot_counts_on_a_trained_network(digits, trained_relu):
     x, y = digits["pool"]
     xa, ya = digits["aux"], digits["aux_labels"]
     cal = {b: L.calibrate_counts(trained_relu, xa, ya, b, simulations=200)

@@ -387,7 +387,8 @@ def recover(model: nn.Module, grads, batch_size: int, method: str = "idlg", *,
         if not isinstance(calibration, CountCalibration):
             raise TypeError(f"calibration must be a CountCalibration, "
                             f"got {type(calibration).__name__}")
-        if (calibration.batch_size, calibration.num_classes) != (batch_size, num_classes):
+        fitted = (calibration.batch_size, calibration.num_classes)
+        if fitted != (batch_size, num_classes):
             raise ValueError(f"the calibration is for B = {calibration.batch_size} and "
                              f"{calibration.num_classes} classes, not B = {batch_size} "
                              f"and {num_classes}")
@@ -407,8 +408,8 @@ def _llg_measured(model, gw, batch_size, method, dummies, dummy_labels, input_sh
                 if dummies is None or dummy_labels is None:
                     raise ValueError("llg* needs a shadow model or labelled auxiliary "
                                      "data (dummies and dummy_labels) to train one")
-                shadow = shadow_model(model, dummies, dummy_labels, epochs=shadow_epochs,
-                                      seed=seed)
+                shadow = shadow_model(model, dummies, dummy_labels,
+                                      epochs=shadow_epochs, seed=seed)
             probe = _check_shadow(model, shadow)
         else:
             probe = model
@@ -421,7 +422,8 @@ def _llg_measured(model, gw, batch_size, method, dummies, dummy_labels, input_sh
                                        repeats=repeats, seed=seed)
     offset = torch.as_tensor(offset, dtype=torch.float64)
     if offset.shape != gw.shape[:1] or not math.isfinite(impact):
-        raise ValueError(f"offset must have shape ({gw.shape[0]},) and impact be finite")
+        raise ValueError(f"offset must have shape ({gw.shape[0]},) and impact be "
+                         "finite")
     return llg_plus(gw, batch_size, impact, offset)
 
 
@@ -466,8 +468,8 @@ def _check_dummies(model: nn.Module, dummies, dummy_labels=None, name="dummies")
                 else type(dummy_labels).__name__)
         raise TypeError(f"dummy_labels must be an int64 tensor (N,), got {kind}")
     if dummy_labels.shape != dummies.shape[:1]:
-        raise ValueError(f"dummy_labels has shape {tuple(dummy_labels.shape)}, expected "
-                         f"({len(dummies)},): one label per dummy")
+        raise ValueError(f"dummy_labels has shape {tuple(dummy_labels.shape)}, "
+                         f"expected ({len(dummies)},): one label per dummy")
     if ((dummy_labels < 0) | (dummy_labels >= num_classes)).any():
         raise ValueError(f"dummy_labels must lie in 0..{num_classes - 1}")
     return dummy_labels
@@ -569,7 +571,8 @@ def shadow_model(model: nn.Module, dummies: torch.Tensor, dummy_labels: torch.Te
 
 def _check_shadow(model: nn.Module, shadow) -> nn.Module:
     if not isinstance(shadow, nn.Module):
-        raise TypeError(f"shadow must be a torch.nn.Module, got {type(shadow).__name__}")
+        raise TypeError(f"shadow must be a torch.nn.Module, "
+                        f"got {type(shadow).__name__}")
     shapes = [tuple(p.shape) for p in model.parameters()]
     if [tuple(p.shape) for p in shadow.parameters()] != shapes:
         raise ValueError("shadow must have the model's architecture: its parameter "
@@ -647,7 +650,8 @@ def _evidence(gw: torch.Tensor, gb: torch.Tensor, batch_size: int, params: dict,
         scale = x.abs().amax(-1, keepdim=True).clamp_min(1e-300)
         cols += [_slog(x), x / scale, _rank(x)]
     geng_counts = batch_size * params["softmax_mean"] - gb
-    cols += [geng_counts / batch_size, torch.log1p(geng_counts.clamp(min=0)), geng_counts]
+    cols += [geng_counts / batch_size, torch.log1p(geng_counts.clamp(min=0)),
+             geng_counts]
     out = excluded.double()
     valid = excluded.any(-1, keepdim=True).double().expand_as(out)
     kept = (1 - out).sum(-1, keepdim=True).expand_as(out)
@@ -658,7 +662,7 @@ def _evidence(gw: torch.Tensor, gb: torch.Tensor, batch_size: int, params: dict,
 
 def _fit_logistic(X: torch.Tensor, t: torch.Tensor, ridge: float,
                   iters: int = 25) -> torch.Tensor:
-    """Ridge logistic regression by Newton's method; weights (F + 1,), last = intercept."""
+    """Ridge logistic regression (Newton's method); weights (F + 1,), intercept last."""
     X1 = torch.cat([X, torch.ones(len(X), 1, dtype=X.dtype)], 1)
     w = torch.zeros(X1.shape[1], dtype=X.dtype)
     penalty = ridge * torch.eye(len(w), dtype=X.dtype)
@@ -736,10 +740,10 @@ class CountCalibration:
     folds: list = field(repr=False)
 
 
-def calibrate_counts(model: nn.Module, dummies: torch.Tensor, dummy_labels: torch.Tensor,
-                     batch_size: int, *, simulations: int = 400,
-                     alpha: tuple = (0.3, 30.0), ridge: float = 0.1,
-                     seed: int = 0) -> CountCalibration:
+def calibrate_counts(model: nn.Module, dummies: torch.Tensor,
+                     dummy_labels: torch.Tensor, batch_size: int, *,
+                     simulations: int = 400, alpha: tuple = (0.3, 30.0),
+                     ridge: float = 0.1, seed: int = 0) -> CountCalibration:
     """Fit P(n_c >= k | evidence) on batches simulated from labelled auxiliary data.
 
     The attacker holds labelled data of the client's distribution (not the
