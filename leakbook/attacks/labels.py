@@ -503,6 +503,8 @@ def impact_offset(model: nn.Module, dummies: torch.Tensor, batch_size: int,
     """
     _check_int(batch_size, "batch_size")
     _check_int(repeats, "repeats")
+    if not local_iterations > 0:
+        raise ValueError(f"local_iterations must be positive, got {local_iterations!r}")
     _check_dummies(model, dummies, dummy_labels)
     num_classes = last_linear(model).out_features
     gen = torch.Generator().manual_seed(seed)
@@ -530,7 +532,7 @@ def llg_plus(gw: torch.Tensor, batch_size: int, impact: float,
     (negative) impact back to the picked class. Stage 2: the remaining labels
     go one at a time to argmin g, and the *picked* class gets the impact (a
     public port updates a stale index here, so that class is never corrected
-    and every remaining label goes to it).
+    and every remaining label goes to it). Taught in chapter 03.
     """
     g = gw.sum(1)
     present = sorted((g < 0).nonzero().flatten().tolist(), key=lambda i: float(g[i]))
@@ -809,7 +811,7 @@ def count_survival(calibration: CountCalibration, gw: torch.Tensor,
     gw (C, n), gb (C,): the shared (mean) gradients. The two halves' models
     are averaged, interpolated in log k between grid points and made
     non-increasing in k; then the certainties are imposed: classes the span
-    test excludes get 0, and k <= ceil(-B dL/db_c) gets 1.
+    test excludes get 0, and k <= ceil(-B dL/db_c) gets 1. Taught in chapter 03.
     """
     batch = calibration.batch_size
     gw, gb = batch * gw.double(), batch * gb.double()
@@ -840,7 +842,7 @@ def allocate(survival: torch.Tensor, batch_size: int) -> torch.Tensor:
     survival (C, B): P(n_c >= k). The expected accuracy of counts m is
     (1/B) sum_c sum_{k <= m_c} P(n_c >= k) (linearity of expectation), a sum
     of per-class gains that shrink with k, so giving each of the B labels in
-    turn to the class with the largest next gain is optimal.
+    turn to the class with the largest next gain is optimal. Taught in chapter 03.
     """
     num_classes = survival.shape[0]
     counts = torch.zeros(num_classes, dtype=torch.long)
