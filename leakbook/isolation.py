@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from . import data, fl, models
+from . import checks, data, fl, models
 from .attacks.analytic import invert_fc
 
 __all__ = ["isolation_trial", "isolation_probabilities", "EXACT_TOL"]
@@ -22,10 +22,7 @@ _EXACT = "donot_use_mm_for_euclid_dist"  # cdist's fast mode loses ~1e-8 relativ
 
 def _check_sizes(**sizes: int) -> None:
     for name, value in sizes.items():
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-        if value < 1:
-            raise ValueError(f"{name} must be at least 1, got {value}")
+        checks.integer(value, name, minimum=1)
 
 
 def isolation_trial(width: int, batch: int, seed: int) -> dict:
@@ -41,6 +38,7 @@ def isolation_trial(width: int, batch: int, seed: int) -> dict:
     - isolating_rows: rows that exactly one sample switches on (forward pass).
     """
     _check_sizes(width=width, batch=batch)
+    seed = checks.integer(seed, "seed", 0, 2 ** 32 - 1)
     x, y = data.load("digits", batch, seed=seed, dtype=torch.float64)
     net = models.build("mlp", seed=seed, in_features=64, widths=(width,),
                        dtype=torch.float64)
@@ -73,6 +71,7 @@ def isolation_probabilities(batch: int, seed: int, rows: int = 20_000) -> torch.
     ``data.load("digits", batch, seed=seed)``. Only a forward pass, no gradient.
     """
     _check_sizes(batch=batch, rows=rows)
+    seed = checks.integer(seed, "seed", 0, 2 ** 32 - 1)
     x, _ = data.load("digits", batch, seed=seed, dtype=torch.float64)
     gen = torch.Generator().manual_seed(10**6 + seed)
     bound = 64 ** -0.5
