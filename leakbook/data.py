@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from . import checks
+from .threads import one_thread
 
 NAMES = ("digits", "faces", "photos")
 
@@ -141,6 +142,7 @@ def _photo_crops(n: int, size: int, gen: torch.Generator, labels: torch.Tensor |
     return torch.stack(crops), labels.long()
 
 
+@one_thread()
 def load(name: str, n: int, seed: int = 0, size: int | None = None,
          rgb: bool = False, labels=None, nonfaces: bool = False,
          dtype: torch.dtype = torch.float32,
@@ -227,6 +229,7 @@ EVALUATION_SPLITS = {"dev": 0, "test": 1}
 EVALUATION_NAMES = (*PHOTO_SOURCES, "face", "digit")
 
 
+@one_thread()
 def evaluation_set(split: str = "test", size: int = 32, rgb: bool = True,
                    dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     """The book's evaluation set: 12 varied images, one from each source.

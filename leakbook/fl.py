@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from . import checks
+from .threads import one_thread
 
 __all__ = ["LOSSES", "loss_fn", "forward", "shared_gradients", "client_update",
            "fedavg"]
@@ -55,6 +56,7 @@ def loss_fn(loss) -> Callable:
     return LOSSES[loss]
 
 
+@one_thread()
 def forward(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The model's output on x as a client computes it; the model is left as it was.
 
@@ -148,6 +150,7 @@ def _targets(out: torch.Tensor, y: torch.Tensor, loss) -> torch.Tensor:
     return y
 
 
+@one_thread()
 def shared_gradients(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                      loss="ce", create_graph: bool = False) -> list[torch.Tensor]:
     """The FedSGD update: gradient of the mean batch loss w.r.t. every parameter.
@@ -183,6 +186,7 @@ def shared_gradients(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
     return grads if create_graph else [g.detach() for g in grads]
 
 
+@one_thread()
 def client_update(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float = 0.1,
                   local_steps: int = 1, batch_size: int | None = None, loss="ce",
                   seed: int = 0) -> list[torch.Tensor]:

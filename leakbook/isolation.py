@@ -12,6 +12,7 @@ import torch
 
 from . import checks, data, fl, models
 from .attacks.analytic import invert_fc
+from .threads import one_thread
 
 __all__ = ["isolation_trial", "isolation_probabilities", "EXACT_TOL"]
 
@@ -25,6 +26,7 @@ def _check_sizes(**sizes: int) -> None:
         checks.integer(value, name, minimum=1)
 
 
+@one_thread()
 def isolation_trial(width: int, batch: int, seed: int) -> dict:
     """One measurement for layer width m, batch size B and a seed.
 
@@ -63,6 +65,7 @@ def isolation_trial(width: int, batch: int, seed: int) -> dict:
             "isolating_rows": rows_alone}
 
 
+@one_thread()
 def isolation_probabilities(batch: int, seed: int, rows: int = 20_000) -> torch.Tensor:
     """q (B,): the share of fresh random rows that sample k alone switches on.
 

@@ -12,6 +12,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from . import checks
+from .threads import one_thread
 
 
 def _images(t, name: str, dims=(2, 4)) -> torch.Tensor:
@@ -35,6 +36,7 @@ def _pair(x_hat, x, dims=(2, 4)) -> tuple[torch.Tensor, torch.Tensor]:
     return x_hat, x
 
 
+@one_thread()
 def mse(x_hat, x) -> torch.Tensor:
     """Per-image mean squared error, (B,) for (B, C, H, W) (or (B, D)) inputs.
 
@@ -48,6 +50,7 @@ def _psnr_values(m: torch.Tensor, peak: float) -> list[float]:
     return [math.inf if v == 0 else 10 * math.log10(peak ** 2 / v) for v in m.tolist()]
 
 
+@one_thread()
 def psnr(x_hat, x, peak: float = 1.0) -> float:
     """Mean over the batch of per-image PSNR in dB, 10 log10(peak^2 / MSE); inf if exact.
 
@@ -62,6 +65,7 @@ def psnr(x_hat, x, peak: float = 1.0) -> float:
 SSIM_WINDOW, SSIM_MIN_SIDE = 7, 3
 
 
+@one_thread()
 def ssim(x_hat, x) -> float:
     """Mean SSIM over the batch (scikit-image, data range 1, uniform window).
 
@@ -100,6 +104,7 @@ def label_accuracy(labels_hat, labels) -> float:
     return 1.0 - diff.item() / (2 * len(b))
 
 
+@one_thread()
 def match(x_hat, x) -> torch.Tensor:
     """Order of the reconstructions that best matches the truth (Hungarian on MSE).
 
@@ -143,6 +148,7 @@ def summarize(values) -> dict:
             "high": float(v.max()), "n": int(v.size)}
 
 
+@one_thread()
 def report(x_hat, x, labels_hat=None, labels=None, reorder: bool = True) -> dict:
     """MSE, PSNR, SSIM (and label accuracy) after matching the batch to the truth.
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from .. import checks
 from ..checks import float_tensor
+from ..threads import one_thread
 from .result import Reconstruction
 
 __all__ = ["FCInversion", "FCSystemSolution", "invert_fc", "solve_fc_inputs",
@@ -132,6 +133,7 @@ def _agreeing_groups(ratios: torch.Tensor, tol: float) -> list[list[int]]:
     return sorted(groups, key=lambda g: (-len(g), g[0]))
 
 
+@one_thread()
 def invert_fc(grad_weight: torch.Tensor, grad_bias: torch.Tensor,
               rtol: float | None = None, agree_tol: float | None = None,
               min_agree: int = 2) -> FCInversion:
@@ -208,6 +210,7 @@ class FCSystemSolution:
         return float(s[0] / s[-1]) if self.determined and s[-1] > 0 else float("inf")
 
 
+@one_thread()
 def solve_fc_inputs(grad_weight: torch.Tensor, deltas: torch.Tensor,
                     rcond: float | None = None) -> FCSystemSolution:
     """Solve grad_A = sum_k deltas[k]^T x[k] for the inputs x, given the error signals.
@@ -244,6 +247,7 @@ def solve_fc_inputs(grad_weight: torch.Tensor, deltas: torch.Tensor,
                             determined=rank == d.shape[0])
 
 
+@one_thread()
 def last_layer_deltas(logits: torch.Tensor, labels: torch.Tensor,
                       reduction: str = "mean") -> torch.Tensor:
     """Error signals dL/dz of softmax cross-entropy at the logits: softmax(z) - y.
@@ -268,6 +272,7 @@ def last_layer_deltas(logits: torch.Tensor, labels: torch.Tensor,
     return d / z.shape[0] if reduction == "mean" else d
 
 
+@one_thread()
 def solve_last_layer_inputs(grad_weight: torch.Tensor, weight: torch.Tensor,
                             bias: torch.Tensor | None, labels: torch.Tensor,
                             steps: int = 100, tol: float = 1e-13) -> FCSystemSolution:
