@@ -274,14 +274,16 @@ def check_batch(x, y=None, x_name: str = "x", y_name: str = "y") -> None:
     if y is not None:
         tensor(y, y_name, "real", min_dims=1, finite=False)
         if y.shape[0] != x.shape[0]:
-            raise ValueError(f"{y_name} must have one entry per sample of {x_name}: "
-                             f"{x_name} has {x.shape[0]} samples but {y_name} has "
-                             f"{y.shape[0]} labels")
+            raise ValueError(f"{y_name} must have one entry per sample of {x_name}, got "
+                             f"{y.shape[0]}: {x_name} has {x.shape[0]} samples but "
+                             f"{y_name} has {y.shape[0]} labels")
 
 
 def _as_label_tensor(y, name: str) -> torch.Tensor:
     if isinstance(y, torch.Tensor):
         return y
+    if isinstance(y, (list, tuple)) and len(y) == 0:
+        return torch.zeros(0, dtype=torch.long)
     if isinstance(y, np.ndarray) or (isinstance(y, (list, tuple))
                                      and all(isinstance(v, (numbers.Integral, np.bool_))
                                              for v in y)):
@@ -337,7 +339,7 @@ def soft_labels(y, name: str = "y", batch_size: int | None = None,
 
 def weights(value, name: str, count: int) -> torch.Tensor:
     """``count`` finite non-negative weights with a positive sum, as float64 (count,)."""
-    if isinstance(value, (str, bytes)) or isinstance(value, torch.nn.Module):
+    if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__len__"):
         fail(name, f"{count} non-negative numbers", value, TypeError)
     try:
         w = torch.as_tensor(value if isinstance(value, torch.Tensor)

@@ -179,7 +179,7 @@ def shared_gradients(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
         checks.fail("loss", "a function returning a scalar tensor", value, TypeError)
     if not torch.isfinite(value.detach()).all():
         raise ValueError(f"x must give a finite loss with y, got loss "
-                         f"{float(value)}: values too large for the model?")
+                         f"{float(value.detach())}: values too large for the model?")
     grads = torch.autograd.grad(value.reshape(()), params, create_graph=create_graph,
                                 allow_unused=True)
     grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]

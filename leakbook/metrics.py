@@ -158,7 +158,8 @@ def report(x_hat, x, labels_hat=None, labels=None, reorder: bool = True) -> dict
     Returns a dict with keys mse, psnr, ssim, label_acc (None without labels),
     order (the matching permutation), and the flat baseline beside them:
     psnr_baseline and ssim_baseline (the scores of ``flat_baseline(x)``, each
-    image's own mean colour) and gain_db = psnr - psnr_baseline.
+    image's own mean colour) and gain_db = psnr - psnr_baseline (0 when both
+    are infinite: flat true images that the reconstruction matches exactly).
     """
     x_hat, x = _pair(x_hat, x, dims=(4,))
     if min(x.shape[-2:]) < SSIM_MIN_SIDE:
@@ -181,7 +182,7 @@ def report(x_hat, x, labels_hat=None, labels=None, reorder: bool = True) -> dict
     out = {"mse": float(mse(x_hat, x).mean()), "psnr": value,
            "ssim": ssim(x_hat, x), "label_acc": None, "order": perm,
            "psnr_baseline": base, "ssim_baseline": ssim(flat, x),
-           "gain_db": value - base}
+           "gain_db": 0.0 if value == base else value - base}
     if labels_hat is not None and labels is not None:
         out["label_acc"] = label_accuracy(labels_hat, labels)
     return out
