@@ -8,13 +8,13 @@ import random
 import numpy as np
 import torch
 
-from . import (attacks, checks, data, defenses, exercises, fl, isolation, metrics, models,
-               optim, security, threads, train, viz)
+from . import (attacks, checks, data, defenses, exercises, fl, isolation, metrics,
+               models, optim, security, threads, train, viz)
 from .attacks.result import Reconstruction
 
 __version__ = "0.1.0"
-__all__ = ["attacks", "checks", "data", "defenses", "exercises", "fl", "isolation", "metrics",
-           "models", "optim", "security", "threads", "train", "viz",
+__all__ = ["attacks", "checks", "data", "defenses", "exercises", "fl", "isolation",
+           "metrics", "models", "optim", "security", "threads", "train", "viz",
            "Reconstruction", "seed_everything", "__version__"]
 
 

@@ -224,8 +224,9 @@ def _dims_text(allowed) -> str:
     return " or ".join(f"{d}-D" for d in allowed)
 
 
-def tensor(value, name: str, kind: str = "float", dims: int | Sequence[int] | None = None,
-           min_dims: int = 0, finite: bool = True, nonempty: bool = False) -> torch.Tensor:
+def tensor(value, name: str, kind: str = "float",
+           dims: int | Sequence[int] | None = None, min_dims: int = 0,
+           finite: bool = True, nonempty: bool = False) -> torch.Tensor:
     """A torch.Tensor of a kind ("float", "integer", "real", "any") and rank.
 
     dims: the allowed numbers of dimensions; min_dims: the least number.
@@ -259,7 +260,7 @@ def float_tensor(t, name: str, dims: int | Sequence[int] | None = None,
 
 def batch(x, name: str = "x", dims: int | Sequence[int] | None = None,
           min_dims: int = 2) -> torch.Tensor:
-    """A batch of inputs: a finite float tensor (B, ...) with B >= 1, no empty sample."""
+    """A batch of inputs: a finite float tensor (B, ...), B >= 1, no empty sample."""
     tensor(x, name, "float", dims=dims, min_dims=min_dims, finite=False)
     if x.shape[0] == 0:
         fail(name, "a batch of at least one sample", x)
@@ -274,9 +275,9 @@ def check_batch(x, y=None, x_name: str = "x", y_name: str = "y") -> None:
     if y is not None:
         tensor(y, y_name, "real", min_dims=1, finite=False)
         if y.shape[0] != x.shape[0]:
-            raise ValueError(f"{y_name} must have one entry per sample of {x_name}, got "
-                             f"{y.shape[0]}: {x_name} has {x.shape[0]} samples but "
-                             f"{y_name} has {y.shape[0]} labels")
+            raise ValueError(f"{y_name} must have one entry per sample of {x_name}, "
+                             f"got {y.shape[0]}: {x_name} has {x.shape[0]} samples "
+                             f"but {y_name} has {y.shape[0]} labels")
 
 
 def _as_label_tensor(y, name: str) -> torch.Tensor:
@@ -338,7 +339,7 @@ def soft_labels(y, name: str = "y", batch_size: int | None = None,
 
 
 def weights(value, name: str, count: int) -> torch.Tensor:
-    """``count`` finite non-negative weights with a positive sum, as float64 (count,)."""
+    """``count`` finite non-negative weights, positive sum, as float64 (count,)."""
     if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__len__"):
         fail(name, f"{count} non-negative numbers", value, TypeError)
     try:
@@ -390,7 +391,8 @@ def _tensor_list(value, name: str) -> list:
     return list(value)
 
 
-def check_grads(model: torch.nn.Module, grads, name: str = "grads") -> list[torch.Tensor]:
+def check_grads(model: torch.nn.Module, grads,
+                name: str = "grads") -> list[torch.Tensor]:
     """Check that ``grads`` lines up with ``model.parameters()``; return it as a list.
 
     Each entry must be a finite floating tensor of its parameter's shape.
@@ -401,8 +403,8 @@ def check_grads(model: torch.nn.Module, grads, name: str = "grads") -> list[torc
     params = list(model.parameters())
     if len(grads) != len(params):
         raise ValueError(f"{name} must hold one tensor per parameter of the model "
-                         f"({len(params)} parameter tensors), got {len(grads)} gradient "
-                         f"tensors: gradients of another model?")
+                         f"({len(params)} parameter tensors), got {len(grads)} "
+                         f"gradient tensors: gradients of another model?")
     for i, (g, p) in enumerate(zip(grads, params)):
         tensor(g, f"{name}[{i}]", "float")
         if g.shape != p.shape:

@@ -142,7 +142,6 @@ def _photo_crops(n: int, size: int, gen: torch.Generator, labels: torch.Tensor |
     return torch.stack(crops), labels.long()
 
 
-@one_thread()
 def load(name: str, n: int, seed: int = 0, size: int | None = None,
          rgb: bool = False, labels=None, nonfaces: bool = False,
          dtype: torch.dtype = torch.float32,
@@ -162,44 +161,47 @@ def load(name: str, n: int, seed: int = 0, size: int | None = None,
     varied: "photos" only; redraw crops that fail ``is_varied`` (default).
     Returns x: (n, C, H, W) in [0, 1] and y: (n,) int64. Taught in chapter 01.
     """
-    _check_name(name)
-    if labels is not None:
-        labels = checks.labels(labels, "labels")
-        if len(labels) == 0:
-            checks.fail("labels", "at least one label", labels)
-        checks.integer(n, "n")  # ignored: one image per label
-        n = len(labels)
-    else:
-        n = checks.integer(n, "n", 1, what="a positive integer")
-    seed = checks.seed(seed)
-    if size is not None:
-        size = checks.integer(size, "size", 1, MAX_SIZE,
-                              what=f"a positive integer up to {MAX_SIZE}")
-    rgb = checks.flag(rgb, "rgb")
-    nonfaces = checks.flag(nonfaces, "nonfaces")
-    varied = checks.flag(varied, "varied")
-    dtype = checks.float_dtype(dtype)
-    if nonfaces and name != "faces":
-        raise ValueError(f"nonfaces must be False for dataset {name!r}, got True "
-                         f"(non-faces exist only in 'faces')")
-    gen = torch.Generator().manual_seed(seed)
-    if name == "photos":
-        if labels is not None and ((labels < 0) | (labels >= len(PHOTO_SOURCES))).any():
-            checks.fail("labels", f"photo labels in 0..{len(PHOTO_SOURCES) - 1} (one "
-                                  f"per source photograph)", labels.tolist())
-        x, y = _photo_crops(n, size or 32, gen, labels, varied)
-    else:
-        pool_x, pool_y = _digits() if name == "digits" else _faces(nonfaces)
-        idx = _pick(pool_y, n, gen, labels, name)
-        x, y = pool_x[idx], pool_y[idx]
-        if size is not None and size != x.shape[-1]:
-            x = torch.stack([_resize(v, size, "bilinear") for v in x])
-    if rgb and x.shape[1] == 1:
-        x = x.repeat(1, 3, 1, 1)
-    return x.to(dtype), y
+    with one_thread():
+        _check_name(name)
+        if labels is not None:
+            labels = checks.labels(labels, "labels")
+            if len(labels) == 0:
+                checks.fail("labels", "at least one label", labels)
+            checks.integer(n, "n")  # ignored: one image per label
+            n = len(labels)
+        else:
+            n = checks.integer(n, "n", 1, what="a positive integer")
+        seed = checks.seed(seed)
+        if size is not None:
+            size = checks.integer(size, "size", 1, MAX_SIZE,
+                                  what=f"a positive integer up to {MAX_SIZE}")
+        rgb = checks.flag(rgb, "rgb")
+        nonfaces = checks.flag(nonfaces, "nonfaces")
+        varied = checks.flag(varied, "varied")
+        dtype = checks.float_dtype(dtype)
+        if nonfaces and name != "faces":
+            raise ValueError(f"nonfaces must be False for dataset {name!r}, got True "
+                             f"(non-faces exist only in 'faces')")
+        gen = torch.Generator().manual_seed(seed)
+        if name == "photos":
+            top = len(PHOTO_SOURCES) - 1
+            if labels is not None and (labels > top).any():
+                checks.fail("labels", f"photo labels in 0..{top} (one per source "
+                                      f"photograph)", labels.tolist())
+            x, y = _photo_crops(n, size or 32, gen, labels, varied)
+        else:
+            pool_x, pool_y = _digits() if name == "digits" else _faces(nonfaces)
+            idx = _pick(pool_y, n, gen, labels, name)
+            x, y = pool_x[idx], pool_y[idx]
+            if size is not None and size != x.shape[-1]:
+                x = torch.stack([_resize(v, size, "bilinear") for v in x])
+        if rgb and x.shape[1] == 1:
+            x = x.repeat(1, 3, 1, 1)
+        return x.to(dtype), y
 
 
-def _pick(pool_y: torch.Tensor, n: int, gen: torch.Generator, labels, name: str) -> torch.Tensor:
+def _pick(pool_y: torch.Tensor, n: int, gen: torch.Generator, labels,
+          name: str) -> torch.Tensor:
     """Indices of n samples: random, or one per wanted label (distinct samples)."""
     if labels is None:
         if n > len(pool_y):
@@ -229,9 +231,9 @@ EVALUATION_SPLITS = {"dev": 0, "test": 1}
 EVALUATION_NAMES = (*PHOTO_SOURCES, "face", "digit")
 
 
-@one_thread()
 def evaluation_set(split: str = "test", size: int = 32, rgb: bool = True,
-                   dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+                   dtype: torch.dtype = torch.float32
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """The book's evaluation set: 12 varied images, one from each source.
 
     The rule: with the split's seed, one varied crop of each of the 10
@@ -244,24 +246,26 @@ def evaluation_set(split: str = "test", size: int = 32, rgb: bool = True,
     Returns x: (12, C, size, size) in [0, 1] and y: (12,) = 0..11, the image's
     position (labels are arbitrary for an untrained network; use y % classes).
     """
-    checks.choice(split, "split", EVALUATION_SPLITS)
-    size = checks.integer(size, "size", 1, MAX_SIZE,
-                          what=f"a positive integer up to {MAX_SIZE}")
-    rgb = checks.flag(rgb, "rgb")
-    dtype = checks.float_dtype(dtype)
-    gen = torch.Generator().manual_seed(1000 + EVALUATION_SPLITS[split])
-    photos, _ = _photo_crops(len(PHOTO_SOURCES), size, gen,
-                             torch.arange(len(PHOTO_SOURCES)), varied=True)
-    images = [p for p in photos]
-    for pool in (_faces(False)[0], _digits()[0]):
-        for i in torch.randperm(len(pool), generator=gen).tolist():
-            if is_varied(_resize(pool[i], 32, "bilinear")):
-                images.append(_resize(pool[i], size, "bilinear").repeat(3, 1, 1))
-                break
-    x = torch.stack(images)
-    if not rgb:
-        x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
-    return x.to(dtype), torch.arange(len(x))
+    with one_thread():
+        checks.choice(split, "split", EVALUATION_SPLITS)
+        size = checks.integer(size, "size", 1, MAX_SIZE,
+                              what=f"a positive integer up to {MAX_SIZE}")
+        rgb = checks.flag(rgb, "rgb")
+        dtype = checks.float_dtype(dtype)
+        gen = torch.Generator().manual_seed(1000 + EVALUATION_SPLITS[split])
+        photos, _ = _photo_crops(len(PHOTO_SOURCES), size, gen,
+                                 torch.arange(len(PHOTO_SOURCES)), varied=True)
+        images = [p for p in photos]
+        for pool in (_faces(False)[0], _digits()[0]):
+            for i in torch.randperm(len(pool), generator=gen).tolist():
+                if is_varied(_resize(pool[i], 32, "bilinear")):
+                    images.append(_resize(pool[i], size, "bilinear").repeat(3, 1, 1))
+                    break
+        x = torch.stack(images)
+        if not rgb:
+            luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+            x = (x * luma).sum(1, keepdim=True)
+        return x.to(dtype), torch.arange(len(x))
 
 
 def describe() -> str:

@@ -56,7 +56,6 @@ def loss_fn(loss) -> Callable:
     return LOSSES[loss]
 
 
-@one_thread()
 def forward(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The model's output on x as a client computes it; the model is left as it was.
 
@@ -70,16 +69,17 @@ def forward(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     Raises ValueError naming x if the model cannot run on x's shape.
     Taught in chapter 01.
     """
-    buffers = dict(model.named_buffers())
-    try:
-        if not buffers:
-            return model(x)
-        copies = {name: b.clone() for name, b in buffers.items()}
-        return torch.func.functional_call(model, copies, (x,), strict=False)
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
-        raise ValueError(f"x must fit the model's input, got {checks.describe(x)}: "
-                         f"the forward pass failed with: {first}") from err
+    with one_thread():
+        buffers = dict(model.named_buffers())
+        try:
+            if not buffers:
+                return model(x)
+            copies = {name: b.clone() for name, b in buffers.items()}
+            return torch.func.functional_call(model, copies, (x,), strict=False)
+        except RuntimeError as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
+            raise ValueError(f"x must fit the model's input, got {checks.describe(x)}: "
+                             f"the forward pass failed with: {first}") from err
 
 
 def _label_tensor(y, loss, x: torch.Tensor):
@@ -150,7 +150,6 @@ def _targets(out: torch.Tensor, y: torch.Tensor, loss) -> torch.Tensor:
     return y
 
 
-@one_thread()
 def shared_gradients(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                      loss="ce", create_graph: bool = False) -> list[torch.Tensor]:
     """The FedSGD update: gradient of the mean batch loss w.r.t. every parameter.
@@ -169,28 +168,31 @@ def shared_gradients(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
     a parameter the loss does not reach); detached unless ``create_graph``.
     Taught in chapter 01.
     """
-    x, y, fn = _prepare(model, x, y, loss)
-    create_graph = checks.flag(create_graph, "create_graph")
-    params = list(model.parameters())
-    out = forward(model, x)
-    y = _targets(out, y, loss)
-    value = fn(out, y)
-    if not isinstance(value, torch.Tensor) or value.numel() != 1:
-        checks.fail("loss", "a function returning a scalar tensor", value, TypeError)
-    if not torch.isfinite(value.detach()).all():
-        raise ValueError(f"x must give a finite loss with y, got loss "
-                         f"{float(value.detach())}: values too large for the model?")
-    grads = torch.autograd.grad(value.reshape(()), params, create_graph=create_graph,
-                                allow_unused=True)
-    grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
-    return grads if create_graph else [g.detach() for g in grads]
+    with one_thread():
+        x, y, fn = _prepare(model, x, y, loss)
+        create_graph = checks.flag(create_graph, "create_graph")
+        params = list(model.parameters())
+        out = forward(model, x)
+        y = _targets(out, y, loss)
+        value = fn(out, y)
+        if not isinstance(value, torch.Tensor) or value.numel() != 1:
+            checks.fail("loss", "a function returning a scalar tensor", value,
+                        TypeError)
+        if not torch.isfinite(value.detach()).all():
+            raise ValueError(f"x must give a finite loss with y, got loss "
+                             f"{float(value.detach())}: values too large for the "
+                             f"model?")
+        grads = torch.autograd.grad(value.reshape(()), params,
+                                    create_graph=create_graph,
+                                    allow_unused=True)
+        grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
+        return grads if create_graph else [g.detach() for g in grads]
 
 
-@one_thread()
-def client_update(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float = 0.1,
-                  local_steps: int = 1, batch_size: int | None = None, loss="ce",
-                  seed: int = 0) -> list[torch.Tensor]:
-    """The FedAvg update: weights after ``local_steps`` of local SGD minus weights before.
+def client_update(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                  lr: float = 0.1, local_steps: int = 1, batch_size: int | None = None,
+                  loss="ce", seed: int = 0) -> list[torch.Tensor]:
+    """The FedAvg update: weights after ``local_steps`` local SGD steps minus before.
 
     Each step takes the next mini-batch of ``batch_size`` samples (1..B; the
     whole batch when None) from a fixed shuffle of (x, y) drawn from
@@ -201,27 +203,29 @@ def client_update(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, lr: 
     Returns a list of tensors aligned with ``model.parameters()``.
     Taught in chapter 01.
     """
-    x, y, _ = _prepare(model, x, y, loss)
-    lr = checks.number(lr, "lr", above=0)
-    local_steps = checks.integer(local_steps, "local_steps", minimum=1)
-    n = x.shape[0]
-    if batch_size is not None:
-        batch_size = checks.integer(batch_size, "batch_size", 1, n,
-                                    what=f"None or in 1..{n} (x has {n} samples)")
-    batch_size = batch_size or n
-    seed = checks.seed(seed)
-    local = copy.deepcopy(model)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    for step in range(local_steps):
-        start = (step * batch_size) % n
-        idx = order[start:start + batch_size]
-        if len(idx) < batch_size:  # wrap around the epoch
-            idx = torch.cat([idx, order[:batch_size - len(idx)]])
-        grads = shared_gradients(local, x[idx], y[idx], loss=loss)
-        with torch.no_grad():
-            for p, g in zip(local.parameters(), grads):
-                p -= lr * g
-    return [(new - old).detach() for new, old in zip(local.parameters(), model.parameters())]
+    with one_thread():
+        x, y, _ = _prepare(model, x, y, loss)
+        lr = checks.number(lr, "lr", above=0)
+        local_steps = checks.integer(local_steps, "local_steps", minimum=1)
+        n = x.shape[0]
+        if batch_size is not None:
+            batch_size = checks.integer(batch_size, "batch_size", 1, n,
+                                        what=f"None or in 1..{n} (x has {n} samples)")
+        batch_size = batch_size or n
+        seed = checks.seed(seed)
+        local = copy.deepcopy(model)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        for step in range(local_steps):
+            start = (step * batch_size) % n
+            idx = order[start:start + batch_size]
+            if len(idx) < batch_size:  # wrap around the epoch
+                idx = torch.cat([idx, order[:batch_size - len(idx)]])
+            grads = shared_gradients(local, x[idx], y[idx], loss=loss)
+            with torch.no_grad():
+                for p, g in zip(local.parameters(), grads):
+                    p -= lr * g
+        return [(new - old).detach()
+                for new, old in zip(local.parameters(), model.parameters())]
 
 
 def fedavg(updates: list[list[torch.Tensor]], weights=None) -> list[torch.Tensor]:

@@ -36,36 +36,37 @@ def _pair(x_hat, x, dims=(2, 4)) -> tuple[torch.Tensor, torch.Tensor]:
     return x_hat, x
 
 
-@one_thread()
 def mse(x_hat, x) -> torch.Tensor:
     """Per-image mean squared error, (B,) for (B, C, H, W) (or (B, D)) inputs.
 
     x_hat, x: finite float tensors (or float NumPy arrays) of one shape.
     """
-    x_hat, x = _pair(x_hat, x)
-    return ((x_hat - x) ** 2).flatten(1).mean(1)
+    with one_thread():
+        x_hat, x = _pair(x_hat, x)
+        return ((x_hat - x) ** 2).flatten(1).mean(1)
 
 
 def _psnr_values(m: torch.Tensor, peak: float) -> list[float]:
-    return [math.inf if v == 0 else 10 * math.log10(peak ** 2 / v) for v in m.tolist()]
+    return [math.inf if v == 0 else 10 * math.log10(peak ** 2 / v)
+            for v in m.tolist()]
 
 
-@one_thread()
 def psnr(x_hat, x, peak: float = 1.0) -> float:
-    """Mean over the batch of per-image PSNR in dB, 10 log10(peak^2 / MSE); inf if exact.
+    """Mean over the batch of per-image PSNR in dB, 10 log10(peak^2 / MSE).
 
+    A per-image PSNR is inf where the images are equal.
     x_hat, x: (B, C, H, W) (or (B, D)); peak: the largest pixel value (> 0).
     Images are compared as given; clamp to [0, 1] first if the attack does not.
     """
-    peak = checks.number(peak, "peak", above=0)
-    return float(np.mean(_psnr_values(mse(x_hat, x), peak)))
+    with one_thread():
+        peak = checks.number(peak, "peak", above=0)
+        return float(np.mean(_psnr_values(mse(x_hat, x), peak)))
 
 
 #: SSIM's largest window side (scikit-image's default); images need 3 x 3 at least
 SSIM_WINDOW, SSIM_MIN_SIDE = 7, 3
 
 
-@one_thread()
 def ssim(x_hat, x) -> float:
     """Mean SSIM over the batch (scikit-image, data range 1, uniform window).
 
@@ -73,16 +74,18 @@ def ssim(x_hat, x) -> float:
     odd side that fits smaller images. A single image needs its batch
     dimension (x[None]): (C, H, W) is refused, never read as C grey images.
     """
-    from skimage.metrics import structural_similarity
-    x_hat, x = _pair(x_hat, x, dims=(4,))
-    side = min(x.shape[-2:])
-    if side < SSIM_MIN_SIDE:
-        checks.fail("x", f"images of at least {SSIM_MIN_SIDE} x {SSIM_MIN_SIDE} pixels "
-                         f"for SSIM, of shape (B, C, H, W)", tuple(x.shape))
-    win = min(SSIM_WINDOW, side if side % 2 else side - 1)
-    scores = [structural_similarity(a, b, data_range=1.0, channel_axis=0, win_size=win)
-              for a, b in zip(x_hat.numpy(), x.numpy())]
-    return float(np.mean(scores))
+    with one_thread():
+        from skimage.metrics import structural_similarity
+        x_hat, x = _pair(x_hat, x, dims=(4,))
+        side = min(x.shape[-2:])
+        if side < SSIM_MIN_SIDE:
+            checks.fail("x", f"images of at least {SSIM_MIN_SIDE} x {SSIM_MIN_SIDE} "
+                             f"pixels for SSIM, of shape (B, C, H, W)", tuple(x.shape))
+        win = min(SSIM_WINDOW, side if side % 2 else side - 1)
+        scores = [structural_similarity(a, b, data_range=1.0, channel_axis=0,
+                                        win_size=win)
+                  for a, b in zip(x_hat.numpy(), x.numpy())]
+        return float(np.mean(scores))
 
 
 def label_accuracy(labels_hat, labels) -> float:
@@ -104,17 +107,17 @@ def label_accuracy(labels_hat, labels) -> float:
     return 1.0 - diff.item() / (2 * len(b))
 
 
-@one_thread()
 def match(x_hat, x) -> torch.Tensor:
     """Order of the reconstructions that best matches the truth (Hungarian on MSE).
 
     x_hat, x: (B, C, H, W) (or (B, D)).
     Returns perm (B,) such that x_hat[perm][i] is compared with x[i].
     """
-    x_hat, x = _pair(x_hat, x)
-    cost = torch.cdist(x.flatten(1), x_hat.flatten(1)) ** 2
-    _, cols = linear_sum_assignment(cost.numpy())
-    return torch.as_tensor(cols, dtype=torch.long)
+    with one_thread():
+        x_hat, x = _pair(x_hat, x)
+        cost = torch.cdist(x.flatten(1), x_hat.flatten(1)) ** 2
+        _, cols = linear_sum_assignment(cost.numpy())
+        return torch.as_tensor(cols, dtype=torch.long)
 
 
 def flat_baseline(x) -> torch.Tensor:
@@ -148,7 +151,6 @@ def summarize(values) -> dict:
             "high": float(v.max()), "n": int(v.size)}
 
 
-@one_thread()
 def report(x_hat, x, labels_hat=None, labels=None, reorder: bool = True) -> dict:
     """MSE, PSNR, SSIM (and label accuracy) after matching the batch to the truth.
 
@@ -161,28 +163,29 @@ def report(x_hat, x, labels_hat=None, labels=None, reorder: bool = True) -> dict
     image's own mean colour) and gain_db = psnr - psnr_baseline (0 when both
     are infinite: flat true images that the reconstruction matches exactly).
     """
-    x_hat, x = _pair(x_hat, x, dims=(4,))
-    if min(x.shape[-2:]) < SSIM_MIN_SIDE:
-        checks.fail("x", f"images of at least {SSIM_MIN_SIDE} x {SSIM_MIN_SIDE} pixels "
-                         f"for SSIM, of shape (B, C, H, W)", tuple(x.shape))
-    reorder = checks.flag(reorder, "reorder")
-    if (labels_hat is None) != (labels is None):
-        given, missing = (("labels_hat", "labels") if labels is None
-                          else ("labels", "labels_hat"))
-        raise ValueError(f"{missing} must be given with {given} (label accuracy "
-                         f"compares the two), got None")
-    if labels_hat is not None:
-        checks.labels(labels_hat, "labels_hat")
-        checks.labels(labels, "labels", batch_size=len(x))
-    x_hat = x_hat.clamp(0, 1)
-    perm = match(x_hat, x) if reorder else torch.arange(len(x))
-    x_hat = x_hat[perm]
-    flat = flat_baseline(x)
-    value, base = psnr(x_hat, x), psnr(flat, x)
-    out = {"mse": float(mse(x_hat, x).mean()), "psnr": value,
-           "ssim": ssim(x_hat, x), "label_acc": None, "order": perm,
-           "psnr_baseline": base, "ssim_baseline": ssim(flat, x),
-           "gain_db": 0.0 if value == base else value - base}
-    if labels_hat is not None and labels is not None:
-        out["label_acc"] = label_accuracy(labels_hat, labels)
-    return out
+    with one_thread():
+        x_hat, x = _pair(x_hat, x, dims=(4,))
+        if min(x.shape[-2:]) < SSIM_MIN_SIDE:
+            checks.fail("x", f"images of at least {SSIM_MIN_SIDE} x {SSIM_MIN_SIDE} "
+                             f"pixels for SSIM, of shape (B, C, H, W)", tuple(x.shape))
+        reorder = checks.flag(reorder, "reorder")
+        if (labels_hat is None) != (labels is None):
+            given, missing = (("labels_hat", "labels") if labels is None
+                              else ("labels", "labels_hat"))
+            raise ValueError(f"{missing} must be given with {given} (label accuracy "
+                             f"compares the two), got None")
+        if labels_hat is not None:
+            checks.labels(labels_hat, "labels_hat")
+            checks.labels(labels, "labels", batch_size=len(x))
+        x_hat = x_hat.clamp(0, 1)
+        perm = match(x_hat, x) if reorder else torch.arange(len(x))
+        x_hat = x_hat[perm]
+        flat = flat_baseline(x)
+        value, base = psnr(x_hat, x), psnr(flat, x)
+        out = {"mse": float(mse(x_hat, x).mean()), "psnr": value,
+               "ssim": ssim(x_hat, x), "label_acc": None, "order": perm,
+               "psnr_baseline": base, "ssim_baseline": ssim(flat, x),
+               "gain_db": 0.0 if value == base else value - base}
+        if labels_hat is not None and labels is not None:
+            out["label_acc"] = label_accuracy(labels_hat, labels)
+        return out

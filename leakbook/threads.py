@@ -5,9 +5,13 @@ gradients, large reductions, some LAPACK routines), so the last bits of a
 result depend on ``torch.get_num_threads()``: measured on the zoo, a conv
 net's shared gradient differs by up to 6e-8 between 1 and 2 threads. Every
 public entry point whose output the book compares bit for bit runs its work
-inside :func:`one_thread`, which sets one thread for the block and restores
-the caller's setting afterwards (also on error). On the book's small models
-one thread is also the faster choice on a shared CPU.
+inside ``with one_thread():``, which sets one thread for the block and
+restores the caller's setting afterwards (also on error). On the book's small
+models one thread is also the faster choice on a shared CPU.
+
+Use it as a ``with`` block inside the function body, not as a decorator: a
+decorator's wrapper shares one code object among all decorated functions,
+and ``leakbook.exercises`` recognises a forbidden helper by its code object.
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ __all__ = ["one_thread"]
 
 @contextlib.contextmanager
 def one_thread():
-    """Context manager (and decorator: ``@one_thread()``) running on one torch thread.
+    """Context manager: run the ``with`` block on one torch thread.
 
     Nested use costs nothing; the caller's thread count comes back on exit.
     A graph built inside (``create_graph=True``) is differentiated later at

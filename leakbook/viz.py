@@ -127,8 +127,8 @@ def to_numpy_image(img: torch.Tensor) -> np.ndarray:
     return img[0].numpy() if img.shape[0] == 1 else img.permute(1, 2, 0).numpy()
 
 
-def show_images(x: torch.Tensor, titles=None, ncols: int | None = None, scale: float = 1.4,
-                suptitle: str | None = None):
+def show_images(x: torch.Tensor, titles=None, ncols: int | None = None,
+                scale: float = 1.4, suptitle: str | None = None):
     """A grid of images x (B, C, H, W), at most MAX_WIDTH wide; returns the figure.
 
     ncols defaults to min(B, 6); titles (one per image) are drawn at MIN_FONT,
@@ -219,8 +219,8 @@ def plot_curves(curves: dict, xlabel: str, ylabel: str, logy: bool = False, ax=N
         if not isinstance(pair, (tuple, list)) or len(pair) != 2:
             checks.fail(f"curves[{label!r}]", "a pair (xs, ys)", pair, TypeError)
         if len(pair[0]) != len(pair[1]):
-            raise ValueError(f"curves[{label!r}] must have xs and ys of one length, got "
-                             f"{len(pair[0])} xs and {len(pair[1])} ys")
+            raise ValueError(f"curves[{label!r}] must have xs and ys of one length, "
+                             f"got {len(pair[0])} xs and {len(pair[1])} ys")
     logy = checks.flag(logy, "logy")
     if ax is None:
         _, ax = plt.subplots(figsize=(MAX_WIDTH, 3.4))

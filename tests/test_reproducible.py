@@ -145,6 +145,14 @@ def _solve_last_layer():
                                             steps=20)
 
 
+def _large_images():
+    """Images large enough (3 x 128 x 128) for torch to split reductions by thread."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.rand(2, 3, 128, 128, generator=gen, dtype=F64)
+    x_hat = (x + 0.05 * torch.randn(x.shape, generator=gen, dtype=F64)).clamp(0, 1)
+    return [metrics.mse(x_hat, x), metrics.psnr(x_hat, x), metrics.ssim(x_hat, x)]
+
+
 CASES: dict[str, Callable] = {
     "fl.shared_gradients[mlp]": _shared("mlp"),
     "fl.shared_gradients[lenet_dlg]": _shared("lenet_dlg"),
@@ -156,6 +164,10 @@ CASES: dict[str, Callable] = {
     "data.load[photos]": lambda: data.load("photos", 3, seed=4, size=16),
     "data.evaluation_set": lambda: data.evaluation_set("dev", size=16),
     "metrics.report": _report,
+    "metrics.mse-psnr-ssim[128 px]": _large_images,
+    "fl.forward[resnet_tiny, eval]": lambda: fl.forward(
+        models.build("resnet_tiny", in_channels=1, image_size=8, width=4).eval(),
+        _digits(3)[0]),
     "attacks.invert_fc": _invert_fc,
     "attacks.solve_last_layer_inputs": _solve_last_layer,
     "isolation.isolation_trial": lambda: isolation.isolation_trial(64, 8, 1),
@@ -194,16 +206,17 @@ def test_every_case_is_bit_identical_in_one_process_at_one_and_two_threads():
 
 
 def test_every_case_is_bit_identical_in_two_fresh_processes():
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
-    runs = []
-    for k in range(2):
-        env["PYTHONHASHSEED"] = str(k)  # a different str hash in each process
-        out = subprocess.run([sys.executable, __file__], capture_output=True, text=True,
-                             env=env, cwd=ROOT, timeout=300)
-        assert out.returncode == 0, out.stderr[-2000:]
-        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    procs = []
+    for k in range(2):  # side by side; a different str hash seed in each
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": str(k)}
+        procs.append(subprocess.Popen([sys.executable, __file__], stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True, env=env,
+                                      cwd=ROOT))
     here = _here()
-    for run in runs:
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-2000:]
+        run = json.loads(out.strip().splitlines()[-1])
         assert run == here, [k for k in here if run.get(k) != here[k]]
 
 

@@ -133,7 +133,6 @@ def _agreeing_groups(ratios: torch.Tensor, tol: float) -> list[list[int]]:
     return sorted(groups, key=lambda g: (-len(g), g[0]))
 
 
-@one_thread()
 def invert_fc(grad_weight: torch.Tensor, grad_bias: torch.Tensor,
               rtol: float | None = None, agree_tol: float | None = None,
               min_agree: int = 2) -> FCInversion:
@@ -160,28 +159,29 @@ def invert_fc(grad_weight: torch.Tensor, grad_bias: torch.Tensor,
     Raises ValueError for disagreeing shapes, NaN or an all-zero bias gradient.
     Taught in chapter 02.
     """
-    gw, gb = _check_fc_grads(grad_weight, grad_bias)
-    rtol = (torch.finfo(gw.dtype).eps ** 0.5 if rtol is None
-            else checks.number(rtol, "rtol", minimum=0, below=1))
-    agree_tol = ((1e-10 if gw.dtype == torch.float64 else 1e-5) if agree_tol is None
-                 else checks.number(agree_tol, "agree_tol", minimum=0))
-    min_agree = checks.integer(min_agree, "min_agree", minimum=1)
-    usable = _usable_rows(gb, rtol)
-    rows = torch.nonzero(usable).flatten()
-    ratios = gw[rows] / gb[rows, None]
-    groups_local = _agreeing_groups(ratios, agree_tol)
-    groups = [[int(rows[k]) for k in g] for g in groups_local]
-    certified = [g for g in groups_local if len(g) >= min_agree]
-    samples = (torch.stack([ratios[g].mean(0) for g in certified]) if certified
-               else ratios.new_zeros(0, gw.shape[1]))
-    b_used = gb[rows]
-    estimate = (b_used[:, None] * gw[rows]).sum(0) / (b_used ** 2).sum()
-    return FCInversion(
-        ratios=ratios, rows=rows, skipped=torch.nonzero(~usable).flatten(),
-        groups=groups,
-        samples=samples, sample_rows=[[int(rows[k]) for k in g] for g in certified],
-        input=estimate, single=len(groups) == 1,
-        stats={"rtol": rtol, "agree_tol": agree_tol, "min_agree": min_agree})
+    with one_thread():
+        gw, gb = _check_fc_grads(grad_weight, grad_bias)
+        rtol = (torch.finfo(gw.dtype).eps ** 0.5 if rtol is None
+                else checks.number(rtol, "rtol", minimum=0, below=1))
+        agree_tol = ((1e-10 if gw.dtype == torch.float64 else 1e-5) if agree_tol is None
+                     else checks.number(agree_tol, "agree_tol", minimum=0))
+        min_agree = checks.integer(min_agree, "min_agree", minimum=1)
+        usable = _usable_rows(gb, rtol)
+        rows = torch.nonzero(usable).flatten()
+        ratios = gw[rows] / gb[rows, None]
+        groups_local = _agreeing_groups(ratios, agree_tol)
+        groups = [[int(rows[k]) for k in g] for g in groups_local]
+        certified = [g for g in groups_local if len(g) >= min_agree]
+        samples = (torch.stack([ratios[g].mean(0) for g in certified]) if certified
+                   else ratios.new_zeros(0, gw.shape[1]))
+        b_used = gb[rows]
+        estimate = (b_used[:, None] * gw[rows]).sum(0) / (b_used ** 2).sum()
+        return FCInversion(
+            ratios=ratios, rows=rows, skipped=torch.nonzero(~usable).flatten(),
+            groups=groups,
+            samples=samples, sample_rows=[[int(rows[k]) for k in g] for g in certified],
+            input=estimate, single=len(groups) == 1,
+            stats={"rtol": rtol, "agree_tol": agree_tol, "min_agree": min_agree})
 
 
 @dataclass
@@ -210,7 +210,6 @@ class FCSystemSolution:
         return float(s[0] / s[-1]) if self.determined and s[-1] > 0 else float("inf")
 
 
-@one_thread()
 def solve_fc_inputs(grad_weight: torch.Tensor, deltas: torch.Tensor,
                     rcond: float | None = None) -> FCSystemSolution:
     """Solve grad_A = sum_k deltas[k]^T x[k] for the inputs x, given the error signals.
@@ -224,30 +223,31 @@ def solve_fc_inputs(grad_weight: torch.Tensor, deltas: torch.Tensor,
     the residual. With rank < B the minimum-norm solution mixes the inputs.
     Taught in chapter 02 (and the layer-wise chapters 07-08 build on it).
     """
-    g = float_tensor(grad_weight, "grad_weight")
-    d = float_tensor(deltas, "deltas").to(g.dtype)
-    if g.dim() != 2:
-        raise ValueError(f"grad_weight must be (out_features, in_features), got shape "
-                         f"{tuple(g.shape)}")
-    if d.dim() != 2 or d.shape[1] != g.shape[0] or d.shape[0] == 0:
-        raise ValueError(f"deltas must be (B, out_features={g.shape[0]}) with B >= 1, "
-                         f"got shape {tuple(d.shape)}")
-    if rcond is not None:
-        rcond = checks.number(rcond, "rcond", minimum=0)
-    u, s, vh = torch.linalg.svd(d.T, full_matrices=False)  # d.T = u diag(s) vh, (m, B)
-    if s.numel() == 0 or s[0] == 0:
-        raise ValueError("deltas are all zero: the gradient carries no input")
-    if rcond is None:
-        rcond = max(d.shape) * torch.finfo(g.dtype).eps
-    rank = int((s > rcond * s[0]).sum())
-    x = vh[:rank].T @ ((u[:, :rank].T @ g) / s[:rank, None])
-    gnorm = g.norm()
-    residual = float((d.T @ x - g).norm() / gnorm) if gnorm > 0 else 0.0
-    return FCSystemSolution(inputs=x, rank=rank, singular_values=s, residual=residual,
-                            determined=rank == d.shape[0])
+    with one_thread():
+        g = float_tensor(grad_weight, "grad_weight")
+        d = float_tensor(deltas, "deltas").to(g.dtype)
+        if g.dim() != 2:
+            raise ValueError(f"grad_weight must be (out_features, in_features), got "
+                             f"shape {tuple(g.shape)}")
+        if d.dim() != 2 or d.shape[1] != g.shape[0] or d.shape[0] == 0:
+            raise ValueError(f"deltas must be (B, out_features={g.shape[0]}) with "
+                             f"B >= 1, got shape {tuple(d.shape)}")
+        if rcond is not None:
+            rcond = checks.number(rcond, "rcond", minimum=0)
+        # d.T = u diag(s) vh, (m, B)
+        u, s, vh = torch.linalg.svd(d.T, full_matrices=False)
+        if s.numel() == 0 or s[0] == 0:
+            raise ValueError("deltas are all zero: the gradient carries no input")
+        if rcond is None:
+            rcond = max(d.shape) * torch.finfo(g.dtype).eps
+        rank = int((s > rcond * s[0]).sum())
+        x = vh[:rank].T @ ((u[:, :rank].T @ g) / s[:rank, None])
+        gnorm = g.norm()
+        residual = float((d.T @ x - g).norm() / gnorm) if gnorm > 0 else 0.0
+        return FCSystemSolution(inputs=x, rank=rank, singular_values=s,
+                                residual=residual, determined=rank == d.shape[0])
 
 
-@one_thread()
 def last_layer_deltas(logits: torch.Tensor, labels: torch.Tensor,
                       reduction: str = "mean") -> torch.Tensor:
     """Error signals dL/dz of softmax cross-entropy at the logits: softmax(z) - y.
@@ -258,21 +258,21 @@ def last_layer_deltas(logits: torch.Tensor, labels: torch.Tensor,
     Returns (B, C). With ``logits = 0`` (a uniform softmax) it is the guess an
     attacker can make from the labels alone. Taught in chapter 02.
     """
-    z = float_tensor(logits, "logits")
-    if z.dim() != 2 or 0 in z.shape:
-        checks.fail("logits", "a non-empty (B, C) tensor", z)
-    checks.choice(reduction, "reduction", ("mean", "sum"))
-    if isinstance(labels, torch.Tensor) and labels.is_floating_point():
-        y = checks.soft_labels(labels, "labels", *z.shape).to(z.dtype)
-    else:
-        labels = checks.labels(labels, "labels", z.shape[0], z.shape[1],
-                               context=f" (logits have {z.shape[1]} classes)")
-        y = F.one_hot(labels, z.shape[1]).to(z.dtype)
-    d = torch.softmax(z, dim=1) - y
-    return d / z.shape[0] if reduction == "mean" else d
+    with one_thread():
+        z = float_tensor(logits, "logits")
+        if z.dim() != 2 or 0 in z.shape:
+            checks.fail("logits", "a non-empty (B, C) tensor", z)
+        checks.choice(reduction, "reduction", ("mean", "sum"))
+        if isinstance(labels, torch.Tensor) and labels.is_floating_point():
+            y = checks.soft_labels(labels, "labels", *z.shape).to(z.dtype)
+        else:
+            labels = checks.labels(labels, "labels", z.shape[0], z.shape[1],
+                                   context=f" (logits have {z.shape[1]} classes)")
+            y = F.one_hot(labels, z.shape[1]).to(z.dtype)
+        d = torch.softmax(z, dim=1) - y
+        return d / z.shape[0] if reduction == "mean" else d
 
 
-@one_thread()
 def solve_last_layer_inputs(grad_weight: torch.Tensor, weight: torch.Tensor,
                             bias: torch.Tensor | None, labels: torch.Tensor,
                             steps: int = 100, tol: float = 1e-13) -> FCSystemSolution:
@@ -283,40 +283,44 @@ def solve_last_layer_inputs(grad_weight: torch.Tensor, weight: torch.Tensor,
     system, recompute the deltas from the solution, and repeat until X moves
     less than ``tol`` (relative). Uses no data, only what the server knows.
     grad_weight: (C, n) gradient of W (mean loss); weight: (C, n); bias: (C,)
-    or None; labels: (B,) integers in 0..C-1; steps >= 1; tol >= 0. Returns an :class:`FCSystemSolution` whose
-    ``history`` holds the relative change of X per step. At most C - 1 inputs
-    can be determined: every delta sums to zero over the classes. Samples that
-    share a label start with identical deltas and stay identical: the
-    solution is then rank-deficient (``determined`` is False).
+    or None; labels: (B,) integers in 0..C-1; steps >= 1; tol >= 0. Returns an
+    :class:`FCSystemSolution` whose ``history`` holds the relative change of X
+    per step. At most C - 1 inputs can be determined: every delta sums to zero
+    over the classes. Samples that share a label start with identical deltas
+    and stay identical: the solution is then rank-deficient (``determined`` is
+    False).
     Taught in chapter 02.
     """
-    w = float_tensor(weight, "weight", dims=2, nonempty=True)
-    g = float_tensor(grad_weight, "grad_weight", dims=2)
-    if w.shape != g.shape:
-        raise ValueError(f"weight has shape {tuple(w.shape)} but grad_weight has "
-                         f"{tuple(g.shape)}: grad_weight must have weight's shape")
-    b = (torch.zeros(w.shape[0], dtype=w.dtype) if bias is None
-         else float_tensor(bias, "bias"))
-    if b.shape != (w.shape[0],):
-        raise ValueError(f"bias must have shape ({w.shape[0]},), got {tuple(b.shape)}")
-    labels = checks.labels(labels, "labels", num_classes=w.shape[0],
-                           context=f" (the layer has {w.shape[0]} outputs)")
-    if len(labels) == 0:
-        checks.fail("labels", "at least one label", labels)
-    steps = checks.integer(steps, "steps", minimum=1)
-    tol = checks.number(tol, "tol", minimum=0)
-    b = b.to(g.dtype)
-    w = w.to(g.dtype)
-    logits = torch.zeros(len(labels), w.shape[0], dtype=g.dtype)
-    sol = solve_fc_inputs(g, last_layer_deltas(logits, labels))
-    history: list[float] = []
-    for _ in range(steps):
-        new = solve_fc_inputs(g, last_layer_deltas(sol.inputs @ w.T + b, labels))
-        step = (new.inputs - sol.inputs).norm() / new.inputs.norm().clamp_min(1e-300)
-        change = float(step)
-        sol = new
-        history.append(change)
-        if change < tol:
-            break
-    sol.history = history
-    return sol
+    with one_thread():
+        w = float_tensor(weight, "weight", dims=2, nonempty=True)
+        g = float_tensor(grad_weight, "grad_weight", dims=2)
+        if w.shape != g.shape:
+            raise ValueError(f"weight has shape {tuple(w.shape)} but grad_weight has "
+                             f"{tuple(g.shape)}: grad_weight must have weight's shape")
+        b = (torch.zeros(w.shape[0], dtype=w.dtype) if bias is None
+             else float_tensor(bias, "bias"))
+        if b.shape != (w.shape[0],):
+            raise ValueError(f"bias must have shape ({w.shape[0]},), got "
+                             f"{tuple(b.shape)}")
+        labels = checks.labels(labels, "labels", num_classes=w.shape[0],
+                               context=f" (the layer has {w.shape[0]} outputs)")
+        if len(labels) == 0:
+            checks.fail("labels", "at least one label", labels)
+        steps = checks.integer(steps, "steps", minimum=1)
+        tol = checks.number(tol, "tol", minimum=0)
+        b = b.to(g.dtype)
+        w = w.to(g.dtype)
+        logits = torch.zeros(len(labels), w.shape[0], dtype=g.dtype)
+        sol = solve_fc_inputs(g, last_layer_deltas(logits, labels))
+        history: list[float] = []
+        for _ in range(steps):
+            new = solve_fc_inputs(g, last_layer_deltas(sol.inputs @ w.T + b, labels))
+            scale = new.inputs.norm().clamp_min(1e-300)
+            step = (new.inputs - sol.inputs).norm() / scale
+            change = float(step)
+            sol = new
+            history.append(change)
+            if change < tol:
+                break
+        sol.history = history
+        return sol

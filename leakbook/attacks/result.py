@@ -35,7 +35,8 @@ class Reconstruction:
         if isinstance(self.loss_history, tuple):
             self.loss_history = list(self.loss_history)
         if not isinstance(self.loss_history, list):
-            checks.fail("loss_history", "a list of numbers", self.loss_history, TypeError)
+            checks.fail("loss_history", "a list of numbers", self.loss_history,
+                        TypeError)
         self.wall_time = checks.number(self.wall_time, "wall_time", minimum=0)
         if not isinstance(self.stats, dict):
             checks.fail("stats", "a dict", self.stats, TypeError)
