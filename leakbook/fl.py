@@ -56,6 +56,15 @@ def loss_fn(loss) -> Callable:
     return LOSSES[loss]
 
 
+def _check_input(model: torch.nn.Module, x) -> None:
+    """x is a finite float batch of the model's dtype."""
+    checks.batch(x, "x")
+    dtype = checks.model_dtype(model)
+    if x.dtype != dtype:
+        raise TypeError(f"x must have the model's dtype {dtype}, got {x.dtype} "
+                        f"(convert with x.to({dtype}))")
+
+
 def forward(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The model's output on x as a client computes it; the model is left as it was.
 
@@ -69,6 +78,8 @@ def forward(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     Raises ValueError naming x if the model cannot run on x's shape.
     Taught in chapter 01.
     """
+    checks.module(model, parameters=False)
+    _check_input(model, x)
     with one_thread():
         buffers = dict(model.named_buffers())
         try:
@@ -102,11 +113,7 @@ def _label_tensor(y, loss, x: torch.Tensor):
 def _prepare(model, x, y, loss) -> tuple[torch.Tensor, torch.Tensor, Callable]:
     """The checks that need no forward pass: model, x, the loss and y's type."""
     checks.module(model)
-    checks.batch(x, "x")
-    dtype = checks.model_dtype(model)
-    if x.dtype != dtype:
-        raise TypeError(f"x must have the model's dtype {dtype}, got {x.dtype} "
-                        f"(convert with x.to({dtype}))")
+    _check_input(model, x)
     fn = loss_fn(loss)
     y = _label_tensor(y, loss, x)
     frozen = [name for name, p in model.named_parameters() if not p.requires_grad]

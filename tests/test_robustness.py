@@ -202,6 +202,15 @@ def test_other_arguments_of_shared_gradients_are_named(mlp, digits):
     refuses(lambda: fl.shared_gradients(frozen, x, y), "model")
 
 
+def test_forward_names_its_arguments(mlp, digits):
+    x, _ = digits
+    refuses(lambda: fl.forward("net", x), "model", TypeError)
+    refuses(lambda: fl.forward(mlp, x.double()), "x", TypeError)
+    refuses(lambda: fl.forward(mlp, x[:0]), "x")
+    refuses(lambda: fl.forward(mlp, torch.rand(2, 1, 9, 9)), "x")
+    assert fl.forward(mlp, x).shape == (2, 10)
+
+
 def test_a_loss_that_overflows_is_named_not_returned_as_nan():
     net = models.build("mlp", in_features=4, widths=(), seed=0, activation="identity")
     with torch.no_grad():
