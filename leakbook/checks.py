@@ -67,7 +67,7 @@ def describe(value) -> str:
             text = repr(value)
             if len(text) <= 60:
                 return text
-        return f"a {kind} of {len(value)} {describe_kind(value[0])}"
+        return f"a {kind} of {len(value)} {_describe_kind(value[0])}"
     if isinstance(value, torch.nn.Module):
         return f"a {type(value).__name__} module"
     if value is None or isinstance(value, (bool, numbers.Number, str, torch.dtype)):
@@ -76,7 +76,7 @@ def describe(value) -> str:
     return _article(type(value).__name__)
 
 
-def describe_kind(first) -> str:
+def _describe_kind(first) -> str:
     """What a sequence holds, judged by its first item ("tensors", "ints" ...)."""
     if isinstance(first, torch.Tensor):
         return "tensors"
