@@ -14,6 +14,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from . import checks
+
 #: Width (inches) that no figure may exceed, the smallest font size (points) any
 #: text of a figure may use, and the most panels a row of a multi-panel figure
 #: may hold. A 5-inch SVG is 480 CSS pixels wide; a phone's column is about 350,
@@ -38,6 +40,7 @@ def book_style(vector: bool = True) -> None:
     figure follows: at most ``MAX_WIDTH`` inches wide, no text below
     ``MIN_FONT`` points (``check_figure`` tests both).
     """
+    vector = checks.flag(vector, "vector")
     mpl.rcParams.update(STYLE)
     try:
         from IPython import get_ipython
@@ -54,6 +57,8 @@ def check_figure(fig) -> None:
     Invisible and empty texts are ignored. Used by the tests and handy in a
     chapter: ``lb.viz.check_figure(fig)`` before ``plt.show()``.
     """
+    if not isinstance(fig, mpl.figure.Figure):
+        checks.fail("fig", "a matplotlib Figure", fig, TypeError)
     width = fig.get_figwidth()
     problems = []
     if width > MAX_WIDTH + 1e-9:
@@ -76,8 +81,12 @@ def panel_grid(n: int, ncols: int | None = None, panel: float = 1.6,
     panel (default: panel, after the cap). Returns (fig, axes) with axes a
     flat array of n axes; unused cells of the last row are removed.
     """
-    if n < 1:
-        raise ValueError(f"n must be at least 1, got {n}")
+    n = checks.integer(n, "n", minimum=1)
+    if ncols is not None:
+        ncols = checks.integer(ncols, "ncols", minimum=1)
+    panel = checks.number(panel, "panel", above=0)
+    if height is not None:
+        height = checks.number(height, "height", above=0)
     ncols = min(n, ncols or MAX_PANELS_PER_ROW)
     nrows = -(-n // ncols)
     width = min(MAX_WIDTH, panel * ncols)
@@ -93,26 +102,44 @@ def panel_grid(n: int, ncols: int | None = None, panel: float = 1.6,
 def mark_baseline(ax, value: float, label: str = "flat baseline",
                   color: str = "0.45") -> None:
     """A dashed horizontal line at value (the flat mean-colour PSNR, say)."""
+    value = checks.number(value, "value")
     ax.axhline(value, color=color, ls="--", lw=1, label=label)
+
+
+def _image_batch(x, name: str) -> None:
+    """A batch of images (B, C, H, W) with 1 or 3 channels, finite."""
+    checks.batch(x, name, dims=4)
+    if x.shape[1] not in (1, 3):
+        checks.fail(name, "images (B, C, H, W) with 1 or 3 channels", x)
 
 
 def to_numpy_image(img: torch.Tensor) -> np.ndarray:
     """(C, H, W) tensor -> (H, W) or (H, W, 3) array clamped to [0, 1]."""
-    img = torch.as_tensor(img).detach().float().cpu().clamp(0, 1)
-    if img.dim() != 3:
-        raise ValueError(f"expected an image (C, H, W), got shape {tuple(img.shape)}")
+    if isinstance(img, np.ndarray) and img.dtype.kind == "f":
+        img = torch.from_numpy(img)
+    if isinstance(img, torch.Tensor) and img.dim() != 3:
+        checks.fail("img", "an image (C, H, W) (expected an image, one of a batch: "
+                           "x[i])", img)
+    checks.tensor(img, "img", "float", dims=3, nonempty=True)
+    if img.shape[0] not in (1, 3):
+        checks.fail("img", "an image (C, H, W) with 1 or 3 channels", img)
+    img = img.detach().float().cpu().clamp(0, 1)
     return img[0].numpy() if img.shape[0] == 1 else img.permute(1, 2, 0).numpy()
 
 
-def show_images(x: torch.Tensor, titles=None, ncols: int | None = None, scale: float = 1.4,
-                suptitle: str | None = None):
+def show_images(x: torch.Tensor, titles=None, ncols: int | None = None,
+                scale: float = 1.4, suptitle: str | None = None):
     """A grid of images x (B, C, H, W), at most MAX_WIDTH wide; returns the figure.
 
     ncols defaults to min(B, 6); titles (one per image) are drawn at MIN_FONT,
     so keep them short (about 10 characters at 6 columns).
     """
+    _image_batch(x, "x")
     b = len(x)
-    ncols = ncols or min(b, 6)
+    if titles is not None and (isinstance(titles, str) or len(titles) != b):
+        checks.fail("titles", f"{b} titles, one per image", titles)
+    ncols = min(b, 6) if ncols is None else checks.integer(ncols, "ncols", minimum=1)
+    scale = checks.number(scale, "scale", above=0)
     nrows = -(-b // ncols)
     side = min(scale, MAX_WIDTH / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(side * ncols, side * nrows + 0.3),
@@ -139,10 +166,20 @@ def compare(x_true: torch.Tensor, *recons: torch.Tensor, names=None, scale: floa
     larger batches continue in further blocks of rows. Returns the figure.
     """
     from .metrics import flat_baseline, psnr
+    _image_batch(x_true, "x_true")
+    for i, r in enumerate(recons):
+        _image_batch(r, f"recons[{i}]")
+        if r.shape != x_true.shape:
+            checks.fail(f"recons[{i}]", f"a batch of x_true's shape "
+                                        f"{tuple(x_true.shape)}", r)
     rows = [x_true, *recons]
+    if names is not None and (isinstance(names, str) or len(names) != len(rows)):
+        checks.fail("names", f"{len(rows)} names (the truth, then one per "
+                             f"reconstruction)", names)
     names = names or ["truth"] + [f"attack {i + 1}" for i in range(len(recons))]
+    scale = checks.number(scale, "scale", above=0)
     b = len(x_true)
-    ncols = ncols or min(b, 5)
+    ncols = min(b, 5) if ncols is None else checks.integer(ncols, "ncols", minimum=1)
     blocks = -(-b // ncols)
     label_w = 0.6
     side = min(scale, (MAX_WIDTH - label_w) / ncols)
@@ -171,7 +208,20 @@ def compare(x_true: torch.Tensor, *recons: torch.Tensor, names=None, scale: floa
 
 def plot_curves(curves: dict, xlabel: str, ylabel: str, logy: bool = False, ax=None,
                 title: str | None = None):
-    """Line plot of {label: (xs, ys)}; returns the axes."""
+    """Line plot of {label: (xs, ys)}; returns the axes.
+
+    curves: a non-empty dict of label -> (xs, ys), xs and ys of one length.
+    """
+    if not isinstance(curves, dict) or not curves:
+        checks.fail("curves", "a non-empty dict {label: (xs, ys)}", curves, TypeError
+                    if not isinstance(curves, dict) else ValueError)
+    for label, pair in curves.items():
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            checks.fail(f"curves[{label!r}]", "a pair (xs, ys)", pair, TypeError)
+        if len(pair[0]) != len(pair[1]):
+            raise ValueError(f"curves[{label!r}] must have xs and ys of one length, "
+                             f"got {len(pair[0])} xs and {len(pair[1])} ys")
+    logy = checks.flag(logy, "logy")
     if ax is None:
         _, ax = plt.subplots(figsize=(MAX_WIDTH, 3.4))
     for label, (xs, ys) in curves.items():
@@ -196,5 +246,9 @@ def animation_html(anim, fps: int = 2) -> str:
     theme ships its own icons). Under ``book_style()`` the frames are SVG.
     """
     import re
+    from matplotlib.animation import Animation
+    if not isinstance(anim, Animation):
+        checks.fail("anim", "a matplotlib Animation", anim, TypeError)
+    fps = checks.integer(fps, "fps", minimum=1)
     html = anim.to_jshtml(fps=fps, default_mode="once")
     return re.sub(r"<link[^>]*font-awesome[^>]*>", "", html)
