@@ -7,7 +7,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import checks
 from .checks import check_batch
+from .fl import forward
+from .threads import one_thread
 
 
 def train_classifier(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -21,10 +24,18 @@ def train_classifier(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
     because building a ``torch.optim`` optimiser costs seconds on first use.
     Taught in chapter 03.
     """
+    checks.module(model)
     check_batch(x, y)
-    if epochs < 1 or batch_size < 1:
-        raise ValueError(f"epochs and batch_size must be positive, "
-                         f"got {epochs}, {batch_size}")
+    epochs = checks.integer(epochs, "epochs", minimum=1)
+    batch_size = checks.integer(batch_size, "batch_size", minimum=1)
+    lr = checks.number(lr, "lr", above=0)
+    seed = checks.seed(seed)
+    with one_thread():
+        return _train(model, x, y, epochs, lr, seed, batch_size)
+
+
+def _train(model, x, y, epochs, lr, seed, batch_size) -> list[float]:
+    """The Adam loop of train_classifier, arguments already checked."""
     gen = torch.Generator().manual_seed(seed)
     params = list(model.parameters())
     m1 = [torch.zeros_like(p) for p in params]
@@ -54,8 +65,13 @@ def train_classifier(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
 
 
 def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    """Share of x (N, ...) the model classifies as y (N,)."""
+    """Share of x (N, ...) the model classifies as y (N,).
+
+    The model runs in its own mode through ``fl.forward``, so its mode and
+    BatchNorm buffers are left as they were.
+    """
+    checks.module(model)
     check_batch(x, y)
     with torch.no_grad():
-        pred = model(x.to(next(model.parameters()).dtype)).argmax(-1)
+        pred = forward(model, x.to(next(model.parameters()).dtype)).argmax(-1)
     return float((pred == y).double().mean())

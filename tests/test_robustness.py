@@ -553,3 +553,18 @@ def test_describe_is_short_and_shows_small_values():
     assert checks.describe([1, 2]) == "[1, 2]"
     assert checks.describe(list(range(100))) == "a list of 100 ints"
     assert len(checks.describe("x" * 500)) <= 60
+
+
+def test_training_validates_first_and_accuracy_leaves_the_model_alone():
+    """Issue 14 phase 2 (train): checks before work; accuracy keeps BN buffers."""
+    from leakbook.train import accuracy, train_classifier
+    net = lb.models.build("resnet_tiny", in_channels=1, image_size=8, width=4)
+    x, y = torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 3])
+    for kwargs, match in [({"epochs": 0}, "epochs must"), ({"lr": float("nan")}, "lr must"),
+                          ({"batch_size": True}, "batch_size must"),
+                          ({"lr": -1.0}, "lr must")]:
+        with pytest.raises((ValueError, TypeError), match=match):
+            train_classifier(net, x, y, **kwargs)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    accuracy(net, x, y)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
