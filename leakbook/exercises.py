@@ -521,35 +521,166 @@ def _ch02_rank(answer, seed: int):
 # --- chapter 03 -------------------------------------------------------------
 
 
-@register("ch03-ex-idlg")
-def _ch03_idlg(answer, grad_bias) -> bool:
-    """The label of one sample from its bias gradient (C,): the one negative entry."""
-    expected = int(torch.as_tensor(grad_bias).argmin())
-    try:
-        a = torch.as_tensor(answer)
-    except (TypeError, ValueError, RuntimeError):
-        kind = type(answer).__name__
-        return verdict(False, f"Expected one integer label, got {kind}.")
-    got = int(a.flatten()[0]) if a.numel() == 1 else None
-    return verdict(got == expected, "Which entry of the bias gradient is p_c - 1 < 0?")
+def _ch03_net(seed: int, num_classes: int, in_features: int, width: int,
+              activation: str = "relu"):
+    from . import models
+    return models.build("mlp", seed=seed, in_features=in_features, widths=(width,),
+                        num_classes=num_classes, activation=activation,
+                        dtype=torch.float64)
 
 
-@register("ch03-ex-counts")
-def _ch03_counts(answer, grad_bias, softmax_mean, batch_size) -> bool:
-    """Class counts (C,) from the bias gradient and the true softmax mean."""
-    g = torch.as_tensor(grad_bias, dtype=torch.float64)
-    p = torch.as_tensor(softmax_mean, dtype=torch.float64)
-    expected = (batch_size * (p - g)).round()
-    return close(answer, expected, atol=1e-6,
-                 hint="Counts are n = B (p_mean - dL/db), rounded to integers.")
+def _ch03_batch(seed: int, labels: torch.Tensor, in_features: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(len(labels), in_features, generator=gen, dtype=F64)
 
 
-@register("ch03-ex-tolerance")
-def _ch03_tolerance(answer, batch_size) -> bool:
-    """The largest error of a softmax-mean estimate that rounding always forgives."""
-    return close(answer, 1 / (2 * batch_size), rtol=1e-3,
-                 hint="Rounding B (p_hat - dL/db) is exact while "
-                      "B |p_hat - p_mean| < 1/2.")
+def _as_labels(value, batch_size: int) -> list[int] | None:
+    """A label answer (list, tensor or array of B class indices) sorted, or None."""
+    t = as_tensor(value)
+    if t is None or t.dim() != 1 or len(t) != batch_size:
+        return None
+    if not bool((t == t.round()).all()):
+        return None
+    return sorted(int(v) for v in t)
+
+
+@answer_check("ch03-ex-idlg", forbid=("leakbook.attacks.labels.idlg",
+                                      "leakbook.attacks.labels.recover"))
+def _ch03_idlg(answer, seed: int):
+    """idlg_label(grad_bias) -> the label of the one sample behind the gradient."""
+    from . import fl
+    pick = random.Random(seed)
+    classes = 10 if seed == 0 else pick.randint(3, 20)
+    act = "tanh" if seed == 0 else pick.choice(["relu", "tanh", "sigmoid"])
+    net = _ch03_net(seed, classes, pick.randint(4, 64), pick.randint(4, 64), act)
+    label = torch.tensor([pick.randrange(classes)])
+    x = _ch03_batch(seed, label, net[1].in_features)
+    grad_bias = fl.shared_gradients(net, x, label)[-1].detach()
+    got = as_int(answer(grad_bias.clone()))
+    if got is None:
+        return "Return one class index, an integer."
+    if got == int(label):
+        return None
+    return ("Not the label. Think about the sign each entry of the bias gradient "
+            "can take when the batch holds one sample.")
+
+
+@answer_check("ch03-ex-counts", forbid=("leakbook.attacks.labels.geng",
+                                        "leakbook.attacks.labels.recover",
+                                        "leakbook.attacks.labels.refine_counts"))
+def _ch03_counts(answer, seed: int):
+    """label_counts(grad_bias, softmax_mean, batch_size) -> (C,) class counts."""
+    from . import fl
+    from .attacks import labels as L
+    pick = random.Random(seed)
+    classes, size = (10, 32) if seed == 0 else (pick.randint(3, 20),
+                                                pick.randint(2, 96))
+    net = _ch03_net(seed, classes, pick.randint(4, 64), pick.randint(8, 64))
+    y = L.draw_labels(size, classes, pick.uniform(0.2, 0.9), seed=seed)
+    x = _ch03_batch(seed, y, net[1].in_features)
+    grad_bias = fl.shared_gradients(net, x, y)[-1].detach()
+    with torch.no_grad():
+        p_bar = net(x).softmax(-1).mean(0)
+    got = as_tensor(answer(grad_bias.clone(), p_bar.clone(), size))
+    if got is None or got.shape != (classes,):
+        return "Return one count per class: a tensor or list of C numbers."
+    if not bool((got == got.round()).all()):
+        return "Counts are whole numbers: round your estimate."
+    if torch.equal(got.long(), torch.bincount(y, minlength=classes)):
+        return None
+    if int(got.sum()) != size:
+        return "Your counts do not add up to the batch size."
+    return ("Not the counts. Write the bias gradient of a batch in terms of the "
+            "softmax mean and the counts, then solve for the counts.")
+
+
+@answer_check("ch03-ex-tolerance")
+def _ch03_tolerance(answer, seed: int):
+    """rounding_tolerance(batch_size) -> the largest safe max |p_hat - p_bar|."""
+    size = {0: 64, 1: 10}.get(seed, random.Random(seed).randint(1, 512))
+    got = as_float(answer(size))
+    if got is None or not math.isfinite(got) or got <= 0:
+        return "Return one positive number."
+    if abs(got - 1 / (2 * size)) <= 1e-12 + 1e-9 / size:
+        return None
+    return ("Not the bound. How far may B times the error move an integer count "
+            "before rounding picks another integer?")
+
+
+def _ch03_rows(seed: int):
+    """Row sums that follow LLG's model, g_i = n_i m + o_i + noise, as a (C, n)
+    weight gradient; with the batch size, impact and offsets. Redrawn until
+    LLG+'s second stage spreads its picks over two classes or more, so that a
+    second stage that never corrects its pick gives other labels."""
+    from .attacks import labels as L
+    for attempt in range(100):
+        pick = random.Random(1000 * seed + attempt)
+        classes, size = ((10, 16) if seed == 0 and attempt == 0 else
+                         (pick.randint(4, 20), pick.randint(6, 48)))
+        y = L.draw_labels(size, classes, pick.uniform(0.5, 0.95), seed=seed + attempt)
+        gen = torch.Generator().manual_seed(1000 * seed + attempt)
+        impact = -pick.uniform(0.05, 1.0)
+        offset = abs(impact) * 0.3 * torch.rand(classes, generator=gen, dtype=F64)
+        noise = abs(impact) * 0.2 * torch.randn(classes, generator=gen, dtype=F64)
+        sums = torch.bincount(y, minlength=classes).to(F64) * impact + offset + noise
+        gw = torch.rand(classes, pick.randint(2, 12), generator=gen, dtype=F64)
+        gw = gw - gw.mean(1, keepdim=True) + (sums / gw.shape[1])[:, None]
+        counts = torch.bincount(L.llg_plus(gw, size, impact, offset), minlength=classes)
+        if int((counts >= 2).sum()) >= 2:
+            return gw, size, impact, offset
+    raise RuntimeError("no case with a second stage over two classes")
+
+
+@answer_check("ch03-ex-llg-plus", forbid=("leakbook.attacks.labels.llg_plus",
+                                          "leakbook.attacks.labels.llg",
+                                          "leakbook.attacks.labels.recover"))
+def _ch03_llg_plus(answer, seed: int):
+    """llg_plus_labels(grad_weight, batch_size, impact, offset) -> sorted labels."""
+    from .attacks import labels as L
+    gw, size, impact, offset = _ch03_rows(seed)
+    expected = sorted(L.llg_plus(gw, size, impact, offset).tolist())
+    got = _as_labels(answer(gw.clone(), size, impact, offset.clone()), size)
+    if got is None:
+        return "Return B class indices (a list or tensor of whole numbers)."
+    if got == expected:
+        return None
+    if max(got.count(c) for c in set(got)) > max(expected.count(c) for c in expected):
+        return ("One class gets too many labels: after each pick, correct the row "
+                "sum of the class you just picked.")
+    return ("Not LLG+'s labels. Stage one takes each class with a negative row sum "
+            "once; stage two works on the row sums minus the offsets.")
+
+
+def _ch03_span_case(seed: int):
+    pick = random.Random(seed)
+    size = 3 if seed == 0 else pick.randint(2, 4)
+    classes = 8 if seed == 0 else pick.randint(size + 2, 12)
+    gen = torch.Generator().manual_seed(seed + 1)
+    probs = torch.rand(size, classes, generator=gen, dtype=F64).mul(3).softmax(-1)
+    y = torch.randint(classes, (size,), generator=gen)
+    e = probs - torch.nn.functional.one_hot(y, classes).to(F64)
+    h = torch.rand(size, pick.randint(size + 1, 10), generator=gen, dtype=F64)
+    return e.T @ h / size, e.mean(0), size
+
+
+@answer_check("ch03-ex-span", forbid=("leakbook.attacks.labels.span_test",
+                                      "leakbook.attacks.labels.recover"))
+def _ch03_span(answer, seed: int):
+    """absent_classes(grad_weight, grad_bias, batch_size) -> classes proved absent."""
+    from .attacks import labels as L
+    gw, gb, size = _ch03_span_case(seed)
+    expected = L.span_test(gw, gb, size).nonzero().flatten().tolist()
+    got = as_tensor(answer(gw.clone(), gb.clone(), size))
+    if got is None or got.dim() > 1 or not bool((got == got.round()).all()):
+        return "Return the absent classes as a list of class indices."
+    got = sorted(int(v) for v in got.reshape(-1))
+    if got == expected:
+        return None
+    if set(got) > set(expected):
+        return ("You call a class absent that the span cannot rule out: a class "
+                "is absent only if the origin lies in the hull of the other rows.")
+    return ("You miss classes the span rules out: test every class, with the "
+            "rows of an orthonormal basis of the span.")
 
 
 # --- chapters 04-05 ---------------------------------------------------------

@@ -67,6 +67,53 @@ REFERENCE = {"ch01-ex-fedavg": fedavg_update, "ch01-ex-count": update_size,
              "ch02-ex-certify": certified_inputs, "ch02-ex-rank": delta_rank}
 
 
+# --- chapter 03 -------------------------------------------------------------
+
+def idlg_label(grad_bias):
+    return int(grad_bias.argmin())
+
+
+def label_counts(grad_bias, softmax_mean, batch_size):
+    return (batch_size * (softmax_mean - grad_bias)).round()
+
+
+def rounding_tolerance(batch_size):
+    return 1 / (2 * batch_size)
+
+
+def llg_plus_labels(grad_weight, batch_size, impact, offset, stale=False):
+    sums = grad_weight.sum(1)
+    first = sorted((sums < 0).nonzero().flatten().tolist(), key=lambda i: float(sums[i]))
+    rest = sums - offset
+    labels, last = [], None
+    for last in first[:batch_size]:
+        labels.append(last)
+        rest[last] -= impact
+    while len(labels) < batch_size:
+        pick = int(rest.argmin())
+        labels.append(pick)
+        rest[last if stale else pick] -= impact
+    return sorted(labels)
+
+
+def absent_classes(grad_weight, grad_bias, batch_size):
+    from scipy.optimize import nnls
+    G = torch.cat([grad_weight, grad_bias[:, None]], 1)
+    Q = torch.linalg.svd(G, full_matrices=False)[0][:, :batch_size].numpy()
+    absent = []
+    for c in range(len(Q)):
+        rows = np.delete(Q, c, 0)
+        w, _ = nnls(np.vstack([rows.T, np.ones(len(rows))]), np.r_[np.zeros(batch_size), 1.0])
+        if np.linalg.norm(rows.T @ w) < 1e-9:
+            absent.append(c)
+    return absent
+
+
+REFERENCE.update({"ch03-ex-idlg": idlg_label, "ch03-ex-counts": label_counts,
+                  "ch03-ex-tolerance": rounding_tolerance,
+                  "ch03-ex-llg-plus": llg_plus_labels, "ch03-ex-span": absent_classes})
+
+
 # --- chapter 09 -------------------------------------------------------------
 
 def third_coefficient(activation):
@@ -340,6 +387,20 @@ def width_free_slope(widths, errors, target):
 hc = lb.attacks.hermite_coefficient
 
 CHEATS += [
+    ("ch03-ex-idlg", lambda g: lb.attacks.labels.idlg(g), "labels.idlg"),
+    ("ch03-ex-idlg", lambda g: int(g.argmax()), "Not the label"),
+    ("ch03-ex-counts", lambda g, p, b: lb.attacks.labels.geng(None, g, b, p), "labels.geng"),
+    ("ch03-ex-counts", lambda g, p, b: b * (p - g), "whole numbers"),
+    ("ch03-ex-counts", lambda g, p, b: (b * (p + g)).round(), "Not"),
+    ("ch03-ex-tolerance", lambda b: 1 / b, "Not the bound"),
+    ("ch03-ex-tolerance", lambda b: 0.5, "Not the bound"),
+    ("ch03-ex-llg-plus", lambda *a: llg_plus_labels(*a, stale=True), "too many labels"),
+    ("ch03-ex-llg-plus", lambda gw, b, m, o: lb.attacks.labels.llg_plus(gw, b, m, o),
+     "llg_plus"),
+    ("ch03-ex-span", lambda gw, gb, b: [], "You miss classes"),
+    ("ch03-ex-span", lambda gw, gb, b: list(range(len(gb))), "cannot rule out"),
+    ("ch03-ex-span", lambda gw, gb, b: lb.attacks.labels.span_test(gw, gb, b)
+     .nonzero().flatten(), "span_test"),
     ("ch09-ex-sigmoid", lambda f: lb.attacks.hermite_coefficient(f, 3),
      "called leakbook.attacks.tensor.hermite_coefficient"),
     ("ch09-ex-sigmoid", lambda f: hc(f, 3), "hermite_coefficient"),
