@@ -141,8 +141,16 @@ def llg(gw: torch.Tensor, batch_size: int, local_iterations: int = 1) -> torch.T
     g = gw.sum(1).clone()
     num_classes = len(g)
     impact = g[g < 0].sum() / batch_size * (1 + 1 / num_classes) / local_iterations
+    return _two_stages(g, (g < 0).nonzero().flatten().tolist(), batch_size, impact)
+
+
+def _two_stages(g: torch.Tensor, present: list[int], batch_size: int,
+                impact) -> torch.Tensor:
+    """LLG's stages on corrected row sums g (C,), changed in place: each class
+    of ``present`` once, then argmin g; every pick adds ``impact`` to the
+    picked class. Returns the (B,) labels, sorted."""
     labels = []
-    for i in (g < 0).nonzero().flatten().tolist()[:batch_size]:
+    for i in present[:batch_size]:
         labels.append(i)
         g[i] -= impact
     while len(labels) < batch_size:
@@ -536,16 +544,8 @@ def llg_plus(gw: torch.Tensor, batch_size: int, impact: float,
     """
     g = gw.sum(1)
     present = sorted((g < 0).nonzero().flatten().tolist(), key=lambda i: float(g[i]))
-    g = g - torch.as_tensor(offset, dtype=g.dtype)
-    labels = []
-    for i in present[:batch_size]:
-        labels.append(i)
-        g[i] -= impact
-    while len(labels) < batch_size:
-        pick = int(g.argmin())
-        labels.append(pick)
-        g[pick] -= impact
-    return _sorted(labels)
+    return _two_stages(g - torch.as_tensor(offset, dtype=g.dtype), present,
+                       batch_size, impact)
 
 
 def shadow_model(model: nn.Module, dummies: torch.Tensor, dummy_labels: torch.Tensor,
