@@ -10,4 +10,5 @@ for a unit test to re-run and compare within the module's ``TOLERANCE``.
 #: benchmark module -> the JSON file it writes under chapters/data/
 REGISTRY = {
     "fc_isolation": "fc_isolation.json",
+    "fedavg": "fedavg_bench.json",
 }

@@ -102,7 +102,8 @@ def test_recover_fedavg_is_exact_with_the_path_softmax_mean(label_case):
     got = L.recover_fedavg(net, u, 16, lr=lr, local_steps=steps, softmax_mean=p)
     assert got.tolist() == sorted(y.tolist())
     p0 = net(x).softmax(-1).mean(0).detach()
-    naive = L.recover(net, fedavg.as_gradient(u, lr, steps), 16, "geng", softmax_mean=p0)
+    naive = L.recover(net, fedavg.as_gradient(u, lr, steps), 16, "geng",
+                      softmax_mean=p0)
     assert naive.tolist() != sorted(y.tolist())
 
 

@@ -181,9 +181,7 @@ def _pair_schedule(extra, defaults: dict, index: int, batch: int) -> dict | None
 
 
 def _prepare_pairs(pairs, shape, dtype, defaults: dict) -> list[dict]:
-    """Validate the pairs; return private float copies of models and targets."""
-    if not isinstance(pairs, (list, tuple)) or len(pairs) == 0:
-        raise ValueError("pairs must be a non-empty list of (model, gradient or update)")
+    """Validate the pairs; return private copies of models and targets in dtype."""
     out = []
     for i, pair in enumerate(pairs):
         if not isinstance(pair, (list, tuple)) or len(pair) not in (2, 3):
@@ -204,6 +202,7 @@ def _prepare_pairs(pairs, shape, dtype, defaults: dict) -> list[dict]:
         if norm2 == 0.0:
             raise ValueError(f"pair {i}: the shared tensors are all zero: "
                              "nothing to match")
+        _check_shape(model, shape, dtype)
         net = copy.deepcopy(model).to(dtype)
         out.append({"net": net, "target": target, "norm2": norm2, "schedule": sched})
     return out
@@ -228,7 +227,8 @@ def _distance(sim, pair: dict, distance: str) -> torch.Tensor:
     return l2_distance(sim, pair["target"]) / pair["norm2"]
 
 
-def _matching_distance(pairs: list[dict], x, labels, distance: str, loss) -> torch.Tensor:
+def _matching_distance(pairs: list[dict], x, labels, distance: str,
+                       loss) -> torch.Tensor:
     """Sum over pairs of the distance between simulated and shared tensors."""
     return sum(_distance(_simulate(p, x, labels, loss), p, distance) for p in pairs)
 
@@ -327,12 +327,11 @@ def invert_pairs(pairs, shape, labels, *, lr: float | None = None, local_steps: 
         raise ValueError(f"unknown distance {distance!r}; choose one of {DISTANCES}")
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {OPTIMIZERS}")
-    if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
-        raise ValueError(f"restarts must be a positive int, got {restarts!r}")
-    iterations = iterations if iterations is not None else \
-        (500 if optimizer == "lbfgs" else 1000)
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-        raise ValueError(f"iterations must be a positive int, got {iterations!r}")
+    if iterations is None:
+        iterations = 500 if optimizer == "lbfgs" else 1000
+    for name, value in (("restarts", restarts), ("iterations", iterations)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
     weights = {} if regularizers is None else dict(regularizers)
     unknown = set(weights) - set(REGULARIZERS)
     if unknown:
@@ -342,7 +341,8 @@ def invert_pairs(pairs, shape, labels, *, lr: float | None = None, local_steps: 
         raise ValueError("the 'bn' prior needs BatchNorm statistics of the simulated "
                          "client, which invert_pairs does not model; use 'tv' or 'l2'")
     if not isinstance(pairs, (list, tuple)) or len(pairs) == 0:
-        raise ValueError("pairs must be a non-empty list of (model, gradient or update)")
+        raise ValueError("pairs must be a non-empty list of "
+                         "(model, gradient or update)")
     first = pairs[0][0] if isinstance(pairs[0], (list, tuple)) and pairs[0] else None
     if not isinstance(first, nn.Module):
         raise TypeError("pair 0 must start with a torch.nn.Module")
@@ -350,12 +350,9 @@ def invert_pairs(pairs, shape, labels, *, lr: float | None = None, local_steps: 
     defaults = {"lr": lr, "local_steps": local_steps, "batch_size": batch_size,
                 "shuffle_seed": shuffle_seed}
     prepared = _prepare_pairs(pairs, shape, dtype, defaults)
-    for i, p in enumerate(prepared[1:], 1):
-        _check_shape(p["net"], shape, dtype)
+    probe = copy.deepcopy(prepared[0]["net"]).eval()
     with torch.no_grad():
-        num_classes = prepared[0]["net"].eval()(torch.zeros(shape, dtype=dtype)).shape[1]
-    for p, pair in zip(prepared, pairs):  # back to the mode the client used
-        p["net"].train(pair[0].training)
+        num_classes = probe(torch.zeros(shape, dtype=dtype)).shape[1]
     labels = _check_labels(labels, shape[0], num_classes)
     value = _objective(prepared, labels, distance, loss, weights,
                        {"model": prepared[0]["net"]})
@@ -363,7 +360,8 @@ def invert_pairs(pairs, shape, labels, *, lr: float | None = None, local_steps: 
     for r in range(restarts):
         gen = torch.Generator().manual_seed(seed + r)
         x0 = torch.rand(shape, generator=gen, dtype=dtype)
-        left = None if max_time is None else max(0.0, max_time - (time.perf_counter() - t0))
+        left = None if max_time is None else \
+            max(0.0, max_time - (time.perf_counter() - t0))
         if optimizer == "lbfgs":
             x, hist, status = _run_lbfgs(value, x0, iterations, history, tol, left,
                                          callback)
@@ -387,9 +385,9 @@ def invert_pairs(pairs, shape, labels, *, lr: float | None = None, local_steps: 
                "run_images": [r[0].float() for r in runs]})
 
 
-def invert_fedavg(model: nn.Module, update, shape, labels, *, lr: float, local_steps: int,
-                  batch_size: int | None = None, shuffle_seed: int = 0,
-                  **kwargs) -> Reconstruction:
+def invert_fedavg(model: nn.Module, update, shape, labels, *, lr: float,
+                  local_steps: int, batch_size: int | None = None,
+                  shuffle_seed: int = 0, **kwargs) -> Reconstruction:
     """Images from one FedAvg update: unroll the client's local steps and match.
 
     model: holds w_t; update: w_{t+1} - w_t from ``fl.client_update``,
@@ -401,8 +399,9 @@ def invert_fedavg(model: nn.Module, update, shape, labels, *, lr: float, local_s
     """
     if lr is None:
         raise ValueError("invert_fedavg needs the client's learning rate lr")
-    return invert_pairs([(model, update)], shape, labels, lr=lr, local_steps=local_steps,
-                        batch_size=batch_size, shuffle_seed=shuffle_seed, **kwargs)
+    return invert_pairs([(model, update)], shape, labels, lr=lr,
+                        local_steps=local_steps, batch_size=batch_size,
+                        shuffle_seed=shuffle_seed, **kwargs)
 
 
 def as_gradient(update, lr: float, local_steps: int) -> list[torch.Tensor]:

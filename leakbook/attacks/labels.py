@@ -558,8 +558,8 @@ def recover_fedavg(model: nn.Module, update, num_samples: int, *, lr: float,
         return geng(mean_gw, mean_gb, num_samples, softmax_mean)
     if dummies is None:
         if input_shape is None:
-            raise ValueError("recover_fedavg needs softmax_mean, dummies or input_shape "
-                             "(to draw noise dummies)")
+            raise ValueError("recover_fedavg needs softmax_mean, dummies or "
+                             "input_shape (to draw noise dummies)")
         dummies = noise_dummies(input_shape, num_dummies, seed)
     if not isinstance(dummies, torch.Tensor) or dummies.dim() < 2 or len(dummies) == 0:
         raise ValueError("dummies must be a non-empty tensor (M, ...) of model inputs")
