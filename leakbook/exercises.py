@@ -436,3 +436,108 @@ def _ch10_bits(answer, grads, x, target: float = 0.05) -> bool:
         return verdict(False, f"{answer} bits work, but fewer do too.")
     return verdict(False, f"At {answer} bits the error is {err(answer):.3f}, "
                    f"above {target}.")
+
+
+# --- chapter 06 ---------------------------------------------------------------
+# Each check rebuilds its case from fixed seeds; the answer is the only input.
+
+def ch06_case():
+    """The chapter 06 exercise case: a digit batch, a client update, auxiliary digits.
+
+    Returns dict(model (sigmoid MLP 64-32-10, float64), x (12, 1, 8, 8),
+    y (12,) with duplicates, lr=0.5, local_steps=5, update (full-batch
+    client_update), aux (100, 1, 8, 8) digits the client does not hold).
+    """
+    from .attacks.labels import draw_labels, sample_batch
+    from .data import load
+    from .fl import client_update
+    from .models import build
+    xs, ys = load("digits", 1797, seed=0, dtype=torch.float64)
+    labels = draw_labels(12, 10, 0.5, seed=6)
+    x, y = sample_batch(xs[900:], ys[900:], labels, seed=6)
+    model = build("mlp", seed=6, widths=(32,), activation="sigmoid",
+                  dtype=torch.float64)
+    update = client_update(model, x, y, lr=0.5, local_steps=5)
+    return {"model": model, "x": x, "y": y, "lr": 0.5, "local_steps": 5,
+            "update": update, "aux": xs[700:800]}
+
+
+@register("ch06-ex-unroll")
+def _ch06_unroll(answer) -> bool:
+    """A function unroll(model, x, y, lr, steps) -> update, differentiable in x."""
+    from .fl import client_update
+    from .models import build
+    from .data import load
+    if not callable(answer):
+        return verdict(False, "Pass your function itself: unroll(model, x, y, lr, "
+                              "steps) returning a list of tensors.")
+    model = build("mlp", seed=16, widths=(16,), activation="sigmoid",
+                  dtype=torch.float64)
+    x, y = load("digits", 4, seed=16, dtype=torch.float64)
+    expected = client_update(model, x, y, lr=0.3, local_steps=3)
+    x_var = x.clone().requires_grad_(True)
+    try:
+        got = list(answer(model, x_var, y, 0.3, 3))
+    except Exception as err:  # a learner's bug: report it, do not crash the check
+        return verdict(False, f"Your function raised {type(err).__name__}: {err}")
+    if len(got) != len(expected) or any(
+            torch.as_tensor(a).shape != e.shape for a, e in zip(got, expected)):
+        return verdict(False, "Return one tensor per parameter tensor, shaped like it.")
+    if not all(torch.allclose(torch.as_tensor(a).detach().double(), e, atol=1e-10)
+               for a, e in zip(got, expected)):
+        return verdict(False, "The update differs from fl.client_update: subtract "
+                              "lr * gradient at the current weights, each step.")
+    total = sum((a * a).sum() for a in got)
+    if not total.requires_grad:
+        return verdict(False, "Right values, but the update does not depend on x "
+                              "through the graph: use create_graph=True.")
+    (gx,) = torch.autograd.grad(total, x_var, allow_unused=True)
+    return verdict(gx is not None and bool(gx.abs().sum() > 0),
+                   "The update must be differentiable with respect to x.")
+
+
+@register("ch06-ex-path-mean")
+def _ch06_path_mean(answer) -> bool:
+    """Softmax mean of the case's dummies averaged over w_t + (s / T) u."""
+    from .attacks.labels import path_softmax_mean
+    c = ch06_case()
+    expected = path_softmax_mean(c["model"], c["update"], c["aux"],
+                                 c["local_steps"])["softmax_mean"]
+    at_start = path_softmax_mean(c["model"], [torch.zeros_like(u) for u in c["update"]],
+                                 c["aux"], 1)["softmax_mean"]
+    try:
+        a = torch.as_tensor(answer, dtype=torch.float64).detach()
+    except (TypeError, ValueError, RuntimeError):
+        return verdict(False, f"Expected a tensor of shape (10,), got "
+                              f"{type(answer).__name__}.")
+    if a.shape != expected.shape:
+        return verdict(False, f"Expected shape (10,), got {tuple(a.shape)}.")
+    if torch.allclose(a, expected, atol=1e-8):
+        return verdict(True)
+    if torch.allclose(a, at_start, atol=1e-8):
+        return verdict(False, "That is the softmax mean at w_t only: move the "
+                              "weights along the update, s / T of the way.")
+    return verdict(False, "Average over s = 0 .. T-1 the dummies' mean softmax at "
+                          "the weights w_t + (s / T) u.")
+
+
+@register("ch06-ex-counts")
+def _ch06_counts(answer) -> bool:
+    """Class counts (C,) from the update and the client's own softmax path."""
+    c = ch06_case()
+    expected = torch.bincount(c["y"], minlength=10).double()
+    try:
+        a = torch.as_tensor(answer, dtype=torch.float64).detach()
+    except (TypeError, ValueError, RuntimeError):
+        return verdict(False, f"Expected a tensor of shape (10,), got "
+                              f"{type(answer).__name__}.")
+    if a.shape != expected.shape:
+        return verdict(False, f"Expected 10 counts, got shape {tuple(a.shape)}.")
+    if torch.allclose(a, expected, atol=1e-6):
+        return verdict(True)
+    if torch.allclose(a.round(), expected, atol=1e-6):
+        return verdict(False, "Close: rounded, yours are right, but the identity is "
+                              "exact. Average the softmax at every step s = 0..T-1, "
+                              "before the step is taken.")
+    return verdict(False, "n = N (p_path + u_b / (lr T)), with p_path the batch's "
+                          "softmax mean averaged over the client's T steps.")

@@ -199,6 +199,8 @@ def test_invert_fedavg_leaves_inputs_unchanged_and_is_reproducible(image_case):
     adam = invert_fedavg(net, u, tuple(x.shape), y, optimizer="adam",
                          regularizers={"tv": 1e-3}, **kw)
     assert 0 <= adam.images.min() and adam.images.max() <= 1  # the box
+    single = invert_fedavg(net, u, tuple(x.shape), y, dtype=torch.float32, **kw)
+    assert single.images.dtype == torch.float32 and single.loss_history
 
 
 def test_invert_pairs_restarts_and_mixed_pairs(image_case):

@@ -246,15 +246,15 @@ def _objective(pairs, labels, distance, loss, weights, ctx):
 def _run_lbfgs(value, x0, iterations, history, tol, max_time, callback):
     shape = x0.shape
 
-    def fun(z):
+    def fun(z):  # z: the float64 state of L-BFGS, whatever the attack's dtype
         z = z.detach().clone().requires_grad_(True)
-        _, total = value(z.view(shape))
+        _, total = value(z.view(shape).to(x0.dtype))
         (gz,) = torch.autograd.grad(total, z)
         return float(total.detach()), gz.detach()
 
     def cb(it, z, f):
         if callback is not None:
-            callback(it, z.view(shape), f)
+            callback(it, z.view(shape).to(x0.dtype), f)
 
     run = lbfgs(fun, x0.flatten().double(), iterations, history, tol, max_time=max_time,
                 callback=cb)
