@@ -339,9 +339,13 @@ def main() -> None:
         start = provenance(command_line())
         payload[name] = SECTIONS[name]()
         section_prov[name] = finish(start)
+        payload["section_provenance"] = section_prov
+        # keep what is done if a later section fails; cheap is added at the end
+        partial = DATA / f"{OUT}.partial"
+        partial.write_text(json.dumps(payload, separators=(",", ":")) + "\n")
         print(f"section {name} done", flush=True)
-    payload["section_provenance"] = section_prov
     out = write(OUT, payload, record, cheap())
+    partial.unlink()
     print(f"wrote {out}")
 
 

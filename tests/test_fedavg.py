@@ -257,3 +257,16 @@ def test_invert_pairs_bad_input(image_case):
         invert_pairs([(net, g)], shape, y, restarts=0)
     with pytest.raises(ValueError, match="lr"):
         invert_fedavg(net, g, shape, y, lr=None, local_steps=2)
+
+
+def test_recover_fedavg_without_bias_reads_row_sums():
+    x, y = lb.data.load("digits", 8, seed=5, dtype=F64)
+    net = lb.models.build("mlp", seed=5, widths=(30,), bias=False, dtype=F64)
+    u = fl.client_update(net, x, y, lr=0.1, local_steps=3)
+    with pytest.raises(ValueError, match="no bias"):
+        L.recover_fedavg(net, u, 8, lr=0.1, local_steps=3, dummies=x)
+    for path in L.PATHS:
+        got = L.recover_fedavg(net, u, 8, lr=0.1, local_steps=3, dummies=x,
+                               dummy_labels=y, use_bias=False, path=path)
+        assert got.shape == (8,) and torch.equal(got, got.sort().values)
+        assert lb.metrics.label_accuracy(got, y) >= 0.75

@@ -441,7 +441,8 @@ def surrogate_inputs(counts: torch.Tensor, dummies: torch.Tensor,
     c is the j-th dummy of class c in a shuffle drawn from ``seed`` (the
     same dummies for every candidate), cycling if a class has too few and
     falling back to all dummies for a class with none. Without, the first N
-    dummies of the shuffle carry the labels in sorted order.
+    dummies of the shuffle carry the labels in sorted order. Taught in
+    chapter 06.
     """
     gen = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(dummies), generator=gen)
