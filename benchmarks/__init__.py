@@ -11,4 +11,6 @@ for a unit test to re-run and compare within the module's ``TOLERANCE``.
 REGISTRY = {
     "fc_isolation": "fc_isolation.json",
     "fedavg": "fedavg_bench.json",
+    "tensor": "tensor_bench.json",
+    "labels": "labels_bench.json",
 }
