@@ -34,7 +34,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 import leakbook as lb  # noqa: E402
 from leakbook import checks, data, fl, isolation, metrics, models, viz  # noqa: E402
-from leakbook.attacks import analytic  # noqa: E402
+from leakbook.attacks import analytic, tensor  # noqa: E402
 
 F64 = torch.float64
 
@@ -212,6 +212,18 @@ def _updates():
     return [[torch.full_like(p, float(k)) for p in net.parameters()] for k in range(3)]
 
 
+def _tensor_case():
+    net = tensor.random_two_layer(6, 3000, seed=2)
+    x = torch.randn(2, 6, generator=torch.Generator().manual_seed(3), dtype=F64)
+    y = torch.tensor([[0.3], [-0.7]], dtype=F64)
+    return net, fl.shared_gradients(net, x, y, loss="mse"), 2
+
+
+def _tensor_split():
+    net, (gW, ga), _ = _tensor_case()
+    return net[0].weight.detach(), net[2].weight.detach()[0], gW, ga
+
+
 def _figure():
     fig, _ = plt.subplots(figsize=(3, 2))
     return fig
@@ -280,6 +292,13 @@ CASES = [
     Case("Reconstruction",
          lambda: (lb.Reconstruction, (_images(),), {"labels": torch.tensor([1, 2, 3])}),
          may_alias=True),  # a record of the tensors it is given
+    # tensor (chapter 09)
+    Case("attacks.tensor_decomposition",
+         lambda: (tensor.tensor_decomposition, _tensor_case(), {"seed": 0})),
+    Case("attacks.projected_moment_tensor",
+         lambda: (tensor.projected_moment_tensor, _tensor_split(),
+                  {"basis": torch.eye(6, 2, dtype=F64)})),
+    Case("attacks.input_span", lambda: (tensor.input_span, (_tensor_split()[2], 2), {})),
     # isolation
     Case("isolation.isolation_trial", lambda: (isolation.isolation_trial, (8, 3, 0), {})),
     Case("isolation.isolation_probabilities",

@@ -153,6 +153,17 @@ def _large_images():
     return [metrics.mse(x_hat, x), metrics.psnr(x_hat, x), metrics.ssim(x_hat, x)]
 
 
+def _tensor_decomposition():
+    """Issue 14: lstsq inside ALS differed by 1e-15 between identical calls."""
+    from leakbook.attacks import tensor
+    net = tensor.random_two_layer(6, 3000, seed=2)
+    x = torch.randn(2, 6, generator=torch.Generator().manual_seed(3), dtype=F64)
+    y = torch.tensor([[0.3], [-0.7]], dtype=F64)
+    grads = fl.shared_gradients(net, x, y, loss="mse")
+    rec = tensor.tensor_decomposition(net, grads, 2, seed=0)
+    return [rec.images, rec.stats["weights"], rec.stats["residual"]]
+
+
 CASES: dict[str, Callable] = {
     "fl.shared_gradients[mlp]": _shared("mlp"),
     "fl.shared_gradients[lenet_dlg]": _shared("lenet_dlg"),
@@ -173,6 +184,7 @@ CASES: dict[str, Callable] = {
     "isolation.isolation_trial": lambda: isolation.isolation_trial(64, 8, 1),
     "isolation.isolation_probabilities":
         lambda: isolation.isolation_probabilities(6, 1, rows=2000),
+    "attacks.tensor_decomposition": _tensor_decomposition,
 }
 
 

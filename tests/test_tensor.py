@@ -308,3 +308,20 @@ def test_seeded_calls_are_bit_identical_in_one_process_and_across_processes():
         out = subprocess.run([sys.executable, "-c", code], capture_output=True,
                              text=True, check=True, cwd=ROOT).stdout.split()
         assert out == first, f"a fresh process ({threads} threads) differs"
+
+
+def test_entry_points_have_their_own_code_objects_and_restore_threads():
+    """Issue 14: a shared decorator gave five functions one code object, so the
+    ch09 exercise checker took any of them for the forbidden one."""
+    from leakbook.attacks import tensor as T
+    names = ["moment_tensor", "input_span", "projected_moment_tensor",
+             "symmetric_cp", "tensor_decomposition"]
+    codes = {getattr(T, n).__code__ for n in names}
+    assert len(codes) == len(names)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        T.input_span(torch.randn(20, 4, dtype=torch.float64), 2)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

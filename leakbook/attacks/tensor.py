@@ -32,7 +32,6 @@ Width plays the role of sample size: the error falls as 1/sqrt(m).
 """
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 import time
@@ -42,6 +41,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..threads import one_thread
 from .result import Reconstruction
 
 __all__ = ["random_two_layer", "hermite_coefficient", "moment_tensor", "input_span",
@@ -107,20 +107,6 @@ def hermite_coefficient(sigma: Callable, p: int) -> float:
     return float(torch.trapezoid(s * _hermite_polys(z, max(p, 1))[p] * dens, z))
 
 
-def _single_threaded(fn):
-    """Run ``fn`` on one torch thread: its products are small, and on a shared CPU
-    thread synchronisation costs more than it saves (measured 5-10x slower)."""
-    @functools.wraps(fn)
-    def run(*args, **kwargs):
-        n = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            torch.set_num_threads(n)
-    return run
-
-
 def _sym3(t: torch.Tensor) -> torch.Tensor:
     """Average of a (d, d, d) tensor over the 6 permutations of its indices."""
     perms = [(0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0)]
@@ -167,7 +153,6 @@ def _split(model_or_weights, grads):
             ga.detach().double())
 
 
-@_single_threaded
 def moment_tensor(W: torch.Tensor, a: torch.Tensor, grad_W: torch.Tensor,
                   grad_a: torch.Tensor, gradient: str = "first", groups: int = 16,
                   chunk: int = 8192) -> tuple[torch.Tensor, float]:
@@ -182,48 +167,49 @@ def moment_tensor(W: torch.Tensor, a: torch.Tensor, grad_W: torch.Tensor,
     neurons: memory is O(chunk d^2), time O(m d^3).
     Returns T (d, d, d), symmetrised, and the estimated Frobenius error.
     """
-    if gradient not in ("first", "output"):
-        raise ValueError(f"gradient must be 'first' or 'output', got {gradient!r}")
-    m, d = W.shape
-    groups = max(2, min(groups, m))
-    if gradient == "first":
-        if (a == 0).any():
-            raise ValueError("an output weight a_j is exactly 0: dL/dw_j / a_j is "
-                             "undefined; drop those neurons or use gradient='output'")
-        G = grad_W / a[:, None]
-    eye = torch.eye(d, dtype=torch.float64)
-    bounds = np.linspace(0, m, groups + 1).astype(int)
-    parts = []
-    for g in range(groups):
-        acc = torch.zeros(d, d * d, dtype=torch.float64)
-        lin = torch.zeros(d, dtype=torch.float64)
-        for s in range(bounds[g], bounds[g + 1], chunk):
-            e = min(s + chunk, bounds[g + 1])
-            w = W[s:e]
-            ww = (w[:, :, None] * w[:, None, :]).reshape(e - s, d * d)
-            if gradient == "first":
-                acc += G[s:e].T @ ww                   # sum G_j (x) w_j w_j^T
-                lin += G[s:e].sum(0)                   # sum G_j, for G_j (x) I
-            else:
-                acc += (grad_a[s:e, None] * w).T @ ww  # sum g_j w_j^(x)3
-                lin += grad_a[s:e] @ w                 # sum g_j w_j, for sym(w (x) I)
-        n = bounds[g + 1] - bounds[g]
-        t = acc.reshape(d, d, d)
+    with one_thread():
+        if gradient not in ("first", "output"):
+            raise ValueError(f"gradient must be 'first' or 'output', got {gradient!r}")
+        m, d = W.shape
+        groups = max(2, min(groups, m))
         if gradient == "first":
-            t = t - lin[:, None, None] * eye[None]
-        else:
-            t = t - 3 * _sym3(lin[:, None, None] * eye[None])
-        parts.append(_sym3(t) / n)
-    parts = torch.stack(parts)
-    sizes = torch.as_tensor(np.diff(bounds), dtype=torch.float64)
-    T = (parts * sizes[:, None, None, None]).sum(0) / m
-    spread = ((parts - T) ** 2).sum((1, 2, 3))
-    # per-neuron variance s^2 ~ sum_g n_g ||T_g - T||^2 / (G - 1); Var(T) = s^2 / m
-    err = math.sqrt(float((sizes * spread).sum()) / ((groups - 1) * m))
-    return T, err
+            if (a == 0).any():
+                raise ValueError(
+                    "an output weight a_j is exactly 0: dL/dw_j / a_j is undefined;"
+                    " drop those neurons or use gradient='output'")
+            G = grad_W / a[:, None]
+        eye = torch.eye(d, dtype=torch.float64)
+        bounds = np.linspace(0, m, groups + 1).astype(int)
+        parts = []
+        for g in range(groups):
+            acc = torch.zeros(d, d * d, dtype=torch.float64)
+            lin = torch.zeros(d, dtype=torch.float64)
+            for s in range(bounds[g], bounds[g + 1], chunk):
+                e = min(s + chunk, bounds[g + 1])
+                w = W[s:e]
+                ww = (w[:, :, None] * w[:, None, :]).reshape(e - s, d * d)
+                if gradient == "first":
+                    acc += G[s:e].T @ ww                   # sum G_j (x) w_j w_j^T
+                    lin += G[s:e].sum(0)                   # sum G_j, for G_j (x) I
+                else:
+                    acc += (grad_a[s:e, None] * w).T @ ww  # sum g_j w_j^(x)3
+                    lin += grad_a[s:e] @ w  # sum g_j w_j: sym(w (x) I)
+            n = bounds[g + 1] - bounds[g]
+            t = acc.reshape(d, d, d)
+            if gradient == "first":
+                t = t - lin[:, None, None] * eye[None]
+            else:
+                t = t - 3 * _sym3(lin[:, None, None] * eye[None])
+            parts.append(_sym3(t) / n)
+        parts = torch.stack(parts)
+        sizes = torch.as_tensor(np.diff(bounds), dtype=torch.float64)
+        T = (parts * sizes[:, None, None, None]).sum(0) / m
+        spread = ((parts - T) ** 2).sum((1, 2, 3))
+        # per-neuron variance s^2 ~ sum_g n_g ||T_g - T||^2 / (G - 1); Var(T) = s^2 / m
+        err = math.sqrt(float((sizes * spread).sum()) / ((groups - 1) * m))
+        return T, err
 
 
-@_single_threaded
 def input_span(grad_W: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Orthonormal basis of the batch's span, read off the first-layer gradient.
 
@@ -236,19 +222,20 @@ def input_span(grad_W: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Ten
     round-off (~1e-15) says the batch has more than ``rank`` independent inputs.
     Taught in chapter 09.
     """
-    if grad_W.dim() != 2:
-        raise ValueError(f"grad_W must be (m, d), got {tuple(grad_W.shape)}")
-    if isinstance(rank, bool) or not isinstance(rank, int) \
-            or not 1 <= rank <= grad_W.shape[1]:
-        raise ValueError(f"rank must be an integer in 1..d = {grad_W.shape[1]}, "
-                         f"got {rank!r}")
-    G = grad_W.detach().double()
-    vals, vecs = torch.linalg.eigh(G.T @ G)
-    vals, vecs = vals.flip(0), vecs.flip(1)
-    top = float(vals[0])
-    if not top > 0:
-        raise ValueError("the first-layer gradient is zero: nothing to project on")
-    return vecs[:, :rank].contiguous(), vals.clamp_min(0) / top
+    with one_thread():
+        if grad_W.dim() != 2:
+            raise ValueError(f"grad_W must be (m, d), got {tuple(grad_W.shape)}")
+        if isinstance(rank, bool) or not isinstance(rank, int) \
+                or not 1 <= rank <= grad_W.shape[1]:
+            raise ValueError(f"rank must be an integer in 1..d = {grad_W.shape[1]}, "
+                             f"got {rank!r}")
+        G = grad_W.detach().double()
+        vals, vecs = torch.linalg.eigh(G.T @ G)
+        vals, vecs = vals.flip(0), vecs.flip(1)
+        top = float(vals[0])
+        if not top > 0:
+            raise ValueError("the first-layer gradient is zero: nothing to project on")
+        return vecs[:, :rank].contiguous(), vals.clamp_min(0) / top
 
 
 def _feature_plan(B: int, degrees) -> dict:
@@ -304,7 +291,6 @@ def _spd_solve(A: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
                      "jitter: the directions are degenerate or not finite")
 
 
-@_single_threaded
 def projected_moment_tensor(W: torch.Tensor, a: torch.Tensor, grad_W: torch.Tensor,
                             grad_a: torch.Tensor, basis: torch.Tensor,
                             gradient: str = "first", degrees=None,
@@ -326,79 +312,81 @@ def projected_moment_tensor(W: torch.Tensor, a: torch.Tensor, grad_W: torch.Tens
     squares covariance s^2 (Phi^T Phi)^-1), computed without the truth.
     Memory O(chunk K) for K features; time O(m K^2). Taught in chapter 09.
     """
-    if gradient not in ("first", "output"):
-        raise ValueError(f"gradient must be 'first' or 'output', got {gradient!r}")
-    read = 2 if gradient == "first" else 3
-    m, B = len(W), basis.shape[1]
-    fit = degrees is not None
-    degrees = sorted(set(degrees)) if fit else [read]
-    if read not in degrees:
-        raise ValueError(f"degrees must contain the read order {read} for "
-                         f"gradient={gradient!r}, got {degrees}")
-    plan = _feature_plan(B, degrees)
-    K = len(plan["coords"])
-    if fit and m <= 2 * K:
-        raise ValueError(f"{K} Hermite features need more than {2 * K} neurons, got "
-                         f"m = {m}: use fewer degrees or degrees=None")
-    if gradient == "first":
-        if (a == 0).any():
-            raise ValueError("an output weight a_j is exactly 0: dL/dw_j / a_j is "
-                             "undefined; drop those neurons or use gradient='output'")
-    n_out = B if gradient == "first" else 1
-    pick = [k for k, c in enumerate(plan["coords"]) if len(c) == read]
-
-    def blocks():
-        """(features (n, K), responses (n, n_out)) over blocks of neurons."""
-        for s in range(0, m, chunk):
-            e = min(s + chunk, m)
-            Y = (grad_W[s:e] / a[s:e, None]) @ basis if gradient == "first" \
-                else grad_a[s:e, None]
-            yield _features(W[s:e] @ basis, plan), Y
-
-    A = torch.zeros(K, K, dtype=torch.float64)
-    Pty = torch.zeros(K, n_out, dtype=torch.float64)
-    var = torch.zeros(len(pick), n_out, dtype=torch.float64)
-    for Phi, Y in blocks():
-        Pty += Phi.T @ Y
-        if fit:
-            A += Phi.T @ Phi
-        else:
-            var += (Phi[:, pick] ** 2).T @ (Y ** 2)
-    if fit:
-        coef = _spd_solve(A, Pty)                                  # (K, n_out)
-        # heteroscedasticity-robust (sandwich) variance of the read coefficients:
-        # Var(coef_k) = sum_j (Phi A^-1)_jk^2 e_j^2, e = residuals of the fit
-        infl = _spd_solve(A, torch.eye(K, dtype=torch.float64)[:, pick])
-        for Phi, Y in blocks():
-            var += ((Phi @ infl) ** 2).T @ ((Y - Phi @ coef) ** 2)
-        coef = coef[pick]
-    else:
-        coef = Pty[pick] / m
-        var = (var / m - coef ** 2).clamp_min(0) / m
-    rf = plan["root_fact"][pick, None]
-    entries, variances = coef * rf, var * rf ** 2
-    T = torch.zeros((B,) * 3, dtype=torch.float64)
-    V = torch.zeros((B,) * 3, dtype=torch.float64)
-    for k, combo in enumerate(plan["coords"][i] for i in pick):
+    with one_thread():
+        if gradient not in ("first", "output"):
+            raise ValueError(f"gradient must be 'first' or 'output', got {gradient!r}")
+        read = 2 if gradient == "first" else 3
+        m, B = len(W), basis.shape[1]
+        fit = degrees is not None
+        degrees = sorted(set(degrees)) if fit else [read]
+        if read not in degrees:
+            raise ValueError(f"degrees must contain the read order {read} for "
+                             f"gradient={gradient!r}, got {degrees}")
+        plan = _feature_plan(B, degrees)
+        K = len(plan["coords"])
+        if fit and m <= 2 * K:
+            raise ValueError(f"{K} Hermite features need more than {2 * K} neurons,"
+                             f" got m = {m}: use fewer degrees or degrees=None")
         if gradient == "first":
-            for perm in {combo, combo[::-1]}:
-                T[(slice(None), *perm)] = entries[k]
-                V[(slice(None), *perm)] = variances[k]
+            if (a == 0).any():
+                raise ValueError(
+                    "an output weight a_j is exactly 0: dL/dw_j / a_j is undefined;"
+                    " drop those neurons or use gradient='output'")
+        n_out = B if gradient == "first" else 1
+        pick = [k for k, c in enumerate(plan["coords"]) if len(c) == read]
+
+        def blocks():
+            """(features (n, K), responses (n, n_out)) over blocks of neurons."""
+            for s in range(0, m, chunk):
+                e = min(s + chunk, m)
+                Y = (grad_W[s:e] / a[s:e, None]) @ basis if gradient == "first" \
+                    else grad_a[s:e, None]
+                yield _features(W[s:e] @ basis, plan), Y
+
+        A = torch.zeros(K, K, dtype=torch.float64)
+        Pty = torch.zeros(K, n_out, dtype=torch.float64)
+        var = torch.zeros(len(pick), n_out, dtype=torch.float64)
+        for Phi, Y in blocks():
+            Pty += Phi.T @ Y
+            if fit:
+                A += Phi.T @ Phi
+            else:
+                var += (Phi[:, pick] ** 2).T @ (Y ** 2)
+        if fit:
+            coef = _spd_solve(A, Pty)                                  # (K, n_out)
+            # heteroscedasticity-robust (sandwich) variance of the read coefficients:
+            # Var(coef_k) = sum_j (Phi A^-1)_jk^2 e_j^2, e = residuals of the fit
+            infl = _spd_solve(A, torch.eye(K, dtype=torch.float64)[:, pick])
+            for Phi, Y in blocks():
+                var += ((Phi @ infl) ** 2).T @ ((Y - Phi @ coef) ** 2)
+            coef = coef[pick]
         else:
-            for perm in set(itertools.permutations(combo)):
-                T[perm] = entries[k, 0]
-                V[perm] = variances[k, 0]
-    if gradient == "first":
-        T = _sym3(T)
-        # T_s[abc] = (T[a,bc] + T[b,ac] + T[c,ab]) / 3; two of the three are the
-        # same estimate when two indices coincide
-        i = torch.arange(B)
-        eq_ab = (i[:, None, None] == i[None, :, None]).double()
-        eq_ac = (i[:, None, None] == i[None, None, :]).double()
-        eq_bc = (i[None, :, None] == i[None, None, :]).double()
-        V1, V2, V3 = V, V.permute(1, 0, 2), V.permute(1, 2, 0)
-        V = (V1 + V2 + V3 + 2 * eq_ab * V1 + 2 * eq_ac * V1 + 2 * eq_bc * V2) / 9
-    return T, math.sqrt(float(V.sum()))
+            coef = Pty[pick] / m
+            var = (var / m - coef ** 2).clamp_min(0) / m
+        rf = plan["root_fact"][pick, None]
+        entries, variances = coef * rf, var * rf ** 2
+        T = torch.zeros((B,) * 3, dtype=torch.float64)
+        V = torch.zeros((B,) * 3, dtype=torch.float64)
+        for k, combo in enumerate(plan["coords"][i] for i in pick):
+            if gradient == "first":
+                for perm in {combo, combo[::-1]}:
+                    T[(slice(None), *perm)] = entries[k]
+                    V[(slice(None), *perm)] = variances[k]
+            else:
+                for perm in set(itertools.permutations(combo)):
+                    T[perm] = entries[k, 0]
+                    V[perm] = variances[k, 0]
+        if gradient == "first":
+            T = _sym3(T)
+            # T_s[abc] = (T[a,bc] + T[b,ac] + T[c,ab]) / 3; two of the three are the
+            # same estimate when two indices coincide
+            i = torch.arange(B)
+            eq_ab = (i[:, None, None] == i[None, :, None]).double()
+            eq_ac = (i[:, None, None] == i[None, None, :]).double()
+            eq_bc = (i[None, :, None] == i[None, None, :]).double()
+            V1, V2, V3 = V, V.permute(1, 0, 2), V.permute(1, 2, 0)
+            V = (V1 + V2 + V3 + 2 * eq_ab * V1 + 2 * eq_ac * V1 + 2 * eq_bc * V2) / 9
+        return T, math.sqrt(float(V.sum()))
 
 
 def cp_tensor(weights: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
@@ -477,7 +465,6 @@ def _refine_lm(T: torch.Tensor, U: torch.Tensor, lam: torch.Tensor, iters: int):
     return V / norms[:, None], norms ** 3
 
 
-@_single_threaded
 def symmetric_cp(T: torch.Tensor, rank: int, trials: int = 8, als_iters: int = 20,
                  lm_iters: int = 100, seed: int = 0) -> dict:
     """Rank-``rank`` symmetric CP decomposition T ~ sum_k lambda_k u_k^(x)3.
@@ -493,42 +480,44 @@ def symmetric_cp(T: torch.Tensor, rank: int, trials: int = 8, als_iters: int = 2
     Returns dict(directions (rank, d) unit rows, weights (rank,), residual,
     residuals of all trials).
     """
-    if T.dim() != 3 or len(set(T.shape)) != 1:
-        raise ValueError(f"T must be a cubic (d, d, d) tensor, got {tuple(T.shape)}")
-    d = T.shape[0]
-    if not 1 <= rank <= d:
-        raise ValueError(f"rank must lie in 1..d = {d} for Jennrich's algorithm, "
-                         f"got {rank}")
-    norm = float(T.norm())
-    if norm == 0 or not math.isfinite(norm):
-        raise ValueError("the tensor is zero or not finite: nothing to decompose")
-    T = T.double()
-    Us = torch.linalg.svd(T.reshape(d, d * d), full_matrices=False).U[:, :rank]
-    core = torch.einsum("abc,ai,bj,ck->ijk", T, Us, Us, Us)
-    gen = torch.Generator().manual_seed(seed)
-    best, residuals = None, []
-    for _ in range(trials):
-        th = torch.randn(2, rank, generator=gen, dtype=torch.float64)
-        M1, M2 = core @ th[0], core @ th[1]
-        vecs = torch.linalg.eig(M1 @ torch.linalg.pinv(M2)).eigenvectors
-        V = vecs.real.contiguous()
-        U = (Us @ V).T
-        U = U / U.norm(dim=1, keepdim=True).clamp_min(1e-300)
-        U, lam = _als(T, U, als_iters)
-        if lm_iters > 0:
-            U, lam = _refine_lm(T, U, lam, lm_iters)
-        res = float((T - cp_tensor(lam, U)).norm()) / norm
-        residuals.append(res)
-        if math.isfinite(res) and (best is None or res < best[0]):
-            best = (res, U, lam)
-        # two trials that reach the same smallest residual: a third will not beat it
-        if best is not None and sum(abs(v - best[0]) <= 1e-6 * best[0]
-                                    for v in residuals) >= 2:
-            break
-    if best is None:
-        raise ValueError("every Jennrich trial failed (non-finite residual)")
-    return {"directions": best[1], "weights": best[2], "residual": best[0],
-            "trial_residuals": residuals}
+    with one_thread():
+        if T.dim() != 3 or len(set(T.shape)) != 1:
+            raise ValueError(
+                f"T must be a cubic (d, d, d) tensor, got {tuple(T.shape)}")
+        d = T.shape[0]
+        if not 1 <= rank <= d:
+            raise ValueError(f"rank must lie in 1..d = {d} for Jennrich's algorithm, "
+                             f"got {rank}")
+        norm = float(T.norm())
+        if norm == 0 or not math.isfinite(norm):
+            raise ValueError("the tensor is zero or not finite: nothing to decompose")
+        T = T.double()
+        Us = torch.linalg.svd(T.reshape(d, d * d), full_matrices=False).U[:, :rank]
+        core = torch.einsum("abc,ai,bj,ck->ijk", T, Us, Us, Us)
+        gen = torch.Generator().manual_seed(seed)
+        best, residuals = None, []
+        for _ in range(trials):
+            th = torch.randn(2, rank, generator=gen, dtype=torch.float64)
+            M1, M2 = core @ th[0], core @ th[1]
+            vecs = torch.linalg.eig(M1 @ torch.linalg.pinv(M2)).eigenvectors
+            V = vecs.real.contiguous()
+            U = (Us @ V).T
+            U = U / U.norm(dim=1, keepdim=True).clamp_min(1e-300)
+            U, lam = _als(T, U, als_iters)
+            if lm_iters > 0:
+                U, lam = _refine_lm(T, U, lam, lm_iters)
+            res = float((T - cp_tensor(lam, U)).norm()) / norm
+            residuals.append(res)
+            if math.isfinite(res) and (best is None or res < best[0]):
+                best = (res, U, lam)
+            # two trials that reach the same smallest residual: a third will not beat it
+            if best is not None and sum(abs(v - best[0]) <= 1e-6 * best[0]
+                                        for v in residuals) >= 2:
+                break
+        if best is None:
+            raise ValueError("every Jennrich trial failed (non-finite residual)")
+        return {"directions": best[1], "weights": best[2], "residual": best[0],
+                "trial_residuals": residuals}
 
 
 def _cv_degrees(sigma, gradient: str, control_variates, B: int, m: int,
@@ -562,7 +551,6 @@ def _cv_degrees(sigma, gradient: str, control_variates, B: int, m: int,
     return degrees(control_variates)
 
 
-@_single_threaded
 def tensor_decomposition(model_or_weights, grads, batch_size: int,
                          gradient: str = "first", trials: int = 8,
                          als_iters: int = 20, lm_iters: int = 100, chunk: int = 8192,
@@ -608,58 +596,63 @@ def tensor_decomposition(model_or_weights, grads, batch_size: int,
     Raises ValueError for B > d, an activation with c_3 = 0 (ReLU), or a zero
     output weight with gradient="first"; TypeError for other architectures.
     """
-    t0 = time.perf_counter()
-    W, a, sigma, gW, ga = _split(model_or_weights, grads)
-    m, d = W.shape
-    if gradient not in GRADIENTS:
-        raise ValueError(f"gradient must be one of {GRADIENTS}, got {gradient!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) \
-            or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if batch_size > d:
-        raise ValueError(f"batch_size {batch_size} exceeds the input dimension d = {d}:"
-                         " B > d inputs cannot be linearly independent, and Jennrich's"
-                         " algorithm needs B <= d")
-    if not isinstance(project, bool):
-        raise TypeError(f"project must be True or False, got {project!r}")
-    if not project and control_variates not in (None, "auto"):
-        raise ValueError("control_variates need project=True (the Hermite features "
-                         "live in the B-dimensional span); pass control_variates=None")
-    c3, c_rms = hermite_coefficient(sigma, 3), math.sqrt(hermite_coefficient(
-        lambda z: sigma(z) ** 2, 0))
-    if abs(c3) < 1e-6 * max(c_rms, 1e-12):
-        raise ValueError(f"the activation's third Hermite coefficient E[sigma'''(z)] "
-                         f"is {c3:.1e}, i.e. zero: the order-3 moment tensor vanishes "
-                         "(ReLU is such a case) and this attack sees nothing")
-    routes = ("first", "output") if gradient == "both" else (gradient,)
-    basis, spectrum, cv = None, None, {}
-    if project:
-        basis, spectrum = input_span(gW, batch_size)
-        estimates = []
-        for g in routes:
-            cv[g] = _cv_degrees(sigma, g, control_variates, batch_size, m, c_rms)
-            estimates.append(projected_moment_tensor(W, a, gW, ga, basis, g, cv[g],
-                                                     chunk=chunk))
-    else:
-        estimates = [moment_tensor(W, a, gW, ga, g, chunk=chunk) for g in routes]
-    if len(estimates) == 2:
-        (T1, e1), (T2, e2) = estimates
-        w1, w2 = 1 / max(e1, 1e-300) ** 2, 1 / max(e2, 1e-300) ** 2
-        T, err = (w1 * T1 + w2 * T2) / (w1 + w2), 1 / math.sqrt(w1 + w2)
-    else:
-        T, err = estimates[0]
-    cp = symmetric_cp(T, batch_size, trials=trials, als_iters=als_iters,
-                      lm_iters=lm_iters, seed=seed)
-    U = cp["directions"] if basis is None else cp["directions"] @ basis.T
-    stats = {"weights": cp["weights"], "residual": cp["residual"],
-             "trial_residuals": cp["trial_residuals"],
-             "tensor_error_estimate": err / float(T.norm()), "c3": c3,
-             "gradient": gradient, "width": m, "tensor": T, "basis": basis,
-             "span_eigenvalues": spectrum, "cv_degrees": cv,
-             "features": {g: feature_count(batch_size, v) for g, v in cv.items()
-                          if v is not None}}
-    return Reconstruction(images=U, labels=None, loss_history=[],
-                          wall_time=time.perf_counter() - t0, stats=stats)
+    with one_thread():
+        t0 = time.perf_counter()
+        W, a, sigma, gW, ga = _split(model_or_weights, grads)
+        m, d = W.shape
+        if gradient not in GRADIENTS:
+            raise ValueError(f"gradient must be one of {GRADIENTS}, got {gradient!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) \
+                or batch_size < 1:
+            raise ValueError(
+                f"batch_size must be a positive integer, got {batch_size!r}")
+        if batch_size > d:
+            raise ValueError(
+                f"batch_size {batch_size} exceeds the input dimension d = {d}:"
+                " B > d inputs cannot be linearly independent, and Jennrich's"
+                " algorithm needs B <= d")
+        if not isinstance(project, bool):
+            raise TypeError(f"project must be True or False, got {project!r}")
+        if not project and control_variates not in (None, "auto"):
+            raise ValueError(
+                "control_variates need project=True (the Hermite features live"
+                " in the B-dimensional span); pass control_variates=None")
+        c3, c_rms = hermite_coefficient(sigma, 3), math.sqrt(hermite_coefficient(
+            lambda z: sigma(z) ** 2, 0))
+        if abs(c3) < 1e-6 * max(c_rms, 1e-12):
+            raise ValueError(
+                f"the activation's third Hermite coefficient E[sigma'''(z)] is"
+                f" {c3:.1e}, i.e. zero: the order-3 moment tensor vanishes"
+                " (ReLU is such a case) and this attack sees nothing")
+        routes = ("first", "output") if gradient == "both" else (gradient,)
+        basis, spectrum, cv = None, None, {}
+        if project:
+            basis, spectrum = input_span(gW, batch_size)
+            estimates = []
+            for g in routes:
+                cv[g] = _cv_degrees(sigma, g, control_variates, batch_size, m, c_rms)
+                estimates.append(projected_moment_tensor(W, a, gW, ga, basis, g, cv[g],
+                                                         chunk=chunk))
+        else:
+            estimates = [moment_tensor(W, a, gW, ga, g, chunk=chunk) for g in routes]
+        if len(estimates) == 2:
+            (T1, e1), (T2, e2) = estimates
+            w1, w2 = 1 / max(e1, 1e-300) ** 2, 1 / max(e2, 1e-300) ** 2
+            T, err = (w1 * T1 + w2 * T2) / (w1 + w2), 1 / math.sqrt(w1 + w2)
+        else:
+            T, err = estimates[0]
+        cp = symmetric_cp(T, batch_size, trials=trials, als_iters=als_iters,
+                          lm_iters=lm_iters, seed=seed)
+        U = cp["directions"] if basis is None else cp["directions"] @ basis.T
+        stats = {"weights": cp["weights"], "residual": cp["residual"],
+                 "trial_residuals": cp["trial_residuals"],
+                 "tensor_error_estimate": err / float(T.norm()), "c3": c3,
+                 "gradient": gradient, "width": m, "tensor": T, "basis": basis,
+                 "span_eigenvalues": spectrum, "cv_degrees": cv,
+                 "features": {g: feature_count(batch_size, v) for g, v in cv.items()
+                              if v is not None}}
+        return Reconstruction(images=U, labels=None, loss_history=[],
+                              wall_time=time.perf_counter() - t0, stats=stats)
 
 
 def as_images(U: torch.Tensor, shape=(1, 8, 8)) -> torch.Tensor:
