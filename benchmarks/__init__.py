@@ -10,6 +10,7 @@ for a unit test to re-run and compare within the module's ``TOLERANCE``.
 #: benchmark module -> the JSON file it writes under chapters/data/
 REGISTRY = {
     "fc_isolation": "fc_isolation.json",
+    "fedavg": "fedavg_bench.json",
     "tensor": "tensor_bench.json",
     "labels": "labels_bench.json",
 }

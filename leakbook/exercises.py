@@ -1101,3 +1101,163 @@ def _ch10_bits(answer, grads, x, target: float = 0.05) -> bool:
         return verdict(False, f"{answer} bits work, but fewer do too.")
     return verdict(False, f"At {answer} bits the error is {err(answer):.3f}, "
                    f"above {target}.")
+
+
+# --- chapter 06 ---------------------------------------------------------------
+
+
+def _ch06_softmax_path(model, x, y, lr: float, steps: int) -> torch.Tensor:
+    """The batch's mean softmax before each of its own full-batch steps, (T, C)."""
+    import copy
+    from .fl import shared_gradients
+    local, probs = copy.deepcopy(model), []
+    for _ in range(steps):
+        with torch.no_grad():
+            probs.append(local(x).double().softmax(-1).mean(0))
+        grads = shared_gradients(local, x, y)
+        with torch.no_grad():
+            for p, g in zip(local.parameters(), grads):
+                p -= lr * g
+    return torch.stack(probs)
+
+
+def ch06_case(seed: int = 0):
+    """A chapter 06 exercise case: digits with duplicates, a client update, its path.
+
+    Seed 0 is the chapter's case (sigmoid MLP 64-32-10, N = 12, lr 0.5,
+    5 steps); other seeds vary the activation, width, N, lr and steps.
+    Returns dict(model (float64), x (N, 1, 8, 8), y (N,), lr, local_steps,
+    update (full-batch ``client_update``), softmax_path (T, C) the batch's
+    mean softmax before each step, aux (100, 1, 8, 8) digits the client
+    does not hold).
+    """
+    from .attacks.labels import draw_labels, sample_batch
+    from .data import load
+    from .fl import client_update
+    from .models import build
+    pick = random.Random(seed)
+    n, width, act, lr, steps = (12, 32, "sigmoid", 0.5, 5) if seed == 0 else (
+        pick.choice([8, 12, 16, 24]), pick.choice([16, 32, 64]),
+        pick.choice(["sigmoid", "tanh", "relu"]), pick.choice([0.1, 0.3, 0.5, 1.0]),
+        pick.choice([2, 3, 5, 8]))
+    xs, ys = load("digits", 1797, seed=0, dtype=F64)
+    x, y = sample_batch(xs[900:], ys[900:], draw_labels(n, 10, 0.5, seed=6 + seed),
+                        seed=6 + seed)
+    model = build("mlp", seed=6 + seed, widths=(width,), activation=act, dtype=F64)
+    update = client_update(model, x, y, lr=lr, local_steps=steps)
+    return {"model": model, "x": x, "y": y, "lr": lr, "local_steps": steps,
+            "update": update, "softmax_path": _ch06_softmax_path(model, x, y, lr, steps),
+            "aux": xs[700:800]}
+
+
+@answer_check("ch06-ex-unroll", forbid=("leakbook.fl.client_update",
+                                        "leakbook.attacks.fedavg.simulate_update",
+                                        "leakbook.attacks.fedavg._simulate"))
+def _ch06_unroll(answer, seed: int):
+    """unroll(model, x, y, lr, steps) -> update (list of tensors), differentiable in x."""
+    from .attacks.fedavg import simulate_update
+    from .data import load
+    from .fl import client_update
+    from .models import build
+    pick = random.Random(seed)
+    n, width, act, lr, steps = (4, 16, "sigmoid", 0.3, 3) if seed == 0 else (
+        pick.randint(2, 6), pick.choice([8, 16, 32]), pick.choice(["sigmoid", "tanh"]),
+        pick.choice([0.1, 0.3, 0.7]), pick.randint(1, 4))
+    model = build("mlp", seed=16 + seed, widths=(width,), activation=act, dtype=F64)
+    x, y = load("digits", n, seed=16 + seed, dtype=F64)
+    expected = client_update(model, x, y, lr=lr, local_steps=steps)
+    before = [p.detach().clone() for p in model.parameters()]
+    x_var = x.clone().requires_grad_(True)
+    got = answer(model, x_var, y.clone(), lr, steps)
+    if not isinstance(got, (list, tuple)) or len(got) != len(expected) or any(
+            not isinstance(a, torch.Tensor) or a.shape != e.shape
+            for a, e in zip(got, expected)):
+        return ("Return a list of tensors, one per parameter tensor of the model, "
+                "each shaped like it.")
+    if any(not torch.equal(p.detach(), b) for p, b in zip(model.parameters(), before)):
+        return "Your function changed the model's weights: leave the model as it is."
+    if not all(torch.allclose(a.detach().to(F64), e, rtol=1e-8, atol=1e-12)
+               for a, e in zip(got, expected)):
+        return ("The update differs from the client's: every step subtracts lr times "
+                "the gradient of the mean loss on the batch, taken at the weights "
+                "of that step, and the update is the last weights minus the first.")
+    total = sum((a * a).sum() for a in got)
+    if not total.requires_grad:
+        return ("Right values, but the update does not depend on x through the "
+                "autograd graph: it cannot be differentiated.")
+    (gx,) = torch.autograd.grad(total, x_var, allow_unused=True)
+    x_ref = x.clone().requires_grad_(True)
+    ref = simulate_update(model, x_ref, y, lr=lr, local_steps=steps, create_graph=True)
+    (g_ref,) = torch.autograd.grad(sum((a * a).sum() for a in ref), x_ref)
+    if gx is None or not torch.allclose(gx.to(F64), g_ref, rtol=1e-6, atol=1e-12):
+        return ("Right values, but the derivative with respect to x is not: each "
+                "step's weights depend on x through the earlier steps' gradients, "
+                "so keep those gradients in the graph.")
+    return None
+
+
+@answer_check("ch06-ex-path-mean", forbid=("leakbook.attacks.labels.path_softmax_mean",
+                                           "leakbook.attacks.labels.recover_fedavg"))
+def _ch06_path_mean(answer, seed: int):
+    """interpolated_mean(model, update, dummies, local_steps) -> (C,)."""
+    from .attacks.labels import path_softmax_mean
+    c = ch06_case(seed)
+    model, upd, aux, steps = c["model"], c["update"], c["aux"], c["local_steps"]
+    expected = path_softmax_mean(model, upd, aux, steps)["softmax_mean"]
+    before = [p.detach().clone() for p in model.parameters()]
+    got = as_tensor(answer(model, [u.clone() for u in upd], aux.clone(), steps))
+    if got is None or got.shape != expected.shape:
+        return f"Return one number per class, a tensor of shape ({len(expected)},)."
+    if any(not torch.equal(p.detach(), b) for p, b in zip(model.parameters(), before)):
+        return ("Your function changed the model's weights: move a copy of the model "
+                "along the update, not the model itself.")
+    if torch.allclose(got, expected, rtol=1e-6, atol=1e-9):
+        return None
+    zero = [torch.zeros_like(u) for u in upd]
+    if torch.allclose(got, path_softmax_mean(model, zero, aux, 1)["softmax_mean"],
+                      atol=1e-9):
+        return ("That is the softmax mean at w_t only: the client's later steps "
+                "start from weights that have moved along the update.")
+    shifted = [(steps + 1) / steps * u for u in upd]
+    ahead = path_softmax_mean(model, shifted, aux, steps + 1)["softmax_mean"]
+    ahead = (ahead * (steps + 1) - path_softmax_mean(model, zero, aux, 1)[
+        "softmax_mean"]) / steps
+    if torch.allclose(got, ahead, atol=1e-9):
+        return ("Off by one step: the client takes each gradient before its move, "
+                "so the first point is w_t itself and the last stops one step "
+                "short of w_t + u.")
+    return ("Not the interpolated mean: average, over the T points of the straight "
+            "line the chapter describes, the dummies' mean softmax at each point.")
+
+
+@answer_check("ch06-ex-counts", forbid=("leakbook.attacks.labels.geng",
+                                        "leakbook.attacks.labels.recover",
+                                        "leakbook.attacks.labels.recover_fedavg"))
+def _ch06_counts(answer, seed: int):
+    """counts_from_path(bias_update, softmax_path, lr, num_samples) -> (C,) counts."""
+    c = ch06_case(seed)
+    path, u_b = c["softmax_path"], c["update"][-1]
+    expected = torch.bincount(c["y"], minlength=path.shape[1]).to(F64)
+    got = as_tensor(answer(u_b.clone(), path.clone(), c["lr"], len(c["y"])))
+    if got is None or got.shape != expected.shape:
+        return f"Return one count per class, a tensor of shape ({len(expected)},)."
+    if torch.allclose(got.round(), expected) and not torch.allclose(
+            got, expected, atol=1e-6):
+        return ("Rounded, yours are right; but the identity is exact, so the counts "
+                "should be whole numbers to rounding error. Use every step's row.")
+    if torch.allclose(got, expected, atol=1e-6):
+        # an estimated path (the attacker's): the counts are no longer whole
+        gen = torch.Generator().manual_seed(seed)
+        noisy = (path.log() + 0.3 * torch.randn(path.shape, generator=gen,
+                                                dtype=F64)).softmax(-1)
+        n, steps = len(c["y"]), len(path)
+        want = n * (noisy.mean(0) + u_b / (c["lr"] * steps))
+        est = as_tensor(answer(u_b.clone(), noisy.clone(), c["lr"], n))
+        if est is not None and est.shape == want.shape and torch.allclose(
+                est, want, atol=1e-9):
+            return None
+        return ("Right on the client's own path, but not on an estimated path: the "
+                "counts must follow from the path you are given, unrounded.")
+    return ("Not the batch's counts: the bias update sums the T steps' error "
+            "signals, so it must be compared with the softmax of every step, and "
+            "both scaled by the number of samples.")

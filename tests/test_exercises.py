@@ -158,6 +158,64 @@ REFERENCE.update({"ch09-ex-sigmoid": third_coefficient,
                   "ch09-ex-targets": targets, "ch09-ex-width": width_for_error})
 
 
+# --- chapter 06 -------------------------------------------------------------
+
+def unroll(model, x, y, lr, steps):
+    names = [n for n, _ in model.named_parameters()]
+    w0 = {n: p.detach().clone().requires_grad_(True) for n, p in model.named_parameters()}
+    w = dict(w0)
+    for _ in range(steps):
+        out = torch.func.functional_call(model, w, (x,))
+        loss = torch.nn.functional.cross_entropy(out, y)
+        g = torch.autograd.grad(loss, list(w.values()), create_graph=True)
+        w = {n: v - lr * gi for (n, v), gi in zip(w.items(), g)}
+    return [w[n] - w0[n] for n in names]
+
+
+def unroll_detached(model, x, y, lr, steps):
+    """Right values, no derivative through the earlier steps."""
+    names = [n for n, _ in model.named_parameters()]
+    w0 = {n: p.detach().clone().requires_grad_(True) for n, p in model.named_parameters()}
+    w = dict(w0)
+    for _ in range(steps):
+        out = torch.func.functional_call(model, w, (x,))
+        loss = torch.nn.functional.cross_entropy(out, y)
+        g = torch.autograd.grad(loss, list(w.values()))
+        w = {n: v - lr * gi for (n, v), gi in zip(w.items(), g)}
+    return [w[n] - w0[n] for n in names]
+
+
+def interpolated_mean(model, update, dummies, local_steps):
+    means = []
+    for s in range(local_steps):
+        net = copy.deepcopy(model)
+        with torch.no_grad():
+            for p, d in zip(net.parameters(), update):
+                p += s / local_steps * d
+            means.append(net(dummies).softmax(-1).mean(0))
+    return torch.stack(means).mean(0)
+
+
+def interpolated_mean_ahead(model, update, dummies, local_steps):
+    """Off by one: the points s = 1 .. T."""
+    means = []
+    for s in range(1, local_steps + 1):
+        net = copy.deepcopy(model)
+        with torch.no_grad():
+            for p, d in zip(net.parameters(), update):
+                p += s / local_steps * d
+            means.append(net(dummies).softmax(-1).mean(0))
+    return torch.stack(means).mean(0)
+
+
+def counts_from_path(bias_update, softmax_path, lr, num_samples):
+    return num_samples * (softmax_path.mean(0) + bias_update / (lr * len(softmax_path)))
+
+
+REFERENCE.update({"ch06-ex-unroll": unroll, "ch06-ex-path-mean": interpolated_mean,
+                  "ch06-ex-counts": counts_from_path})
+
+
 def test_other_honest_routes_pass_the_ch09_checks():
     assert run("ch09-ex-sigmoid", third_coefficient_gauss_hermite)[0]
     for per_width in (False, True):
@@ -208,6 +266,7 @@ def test_ch09_numpy_and_torch_answers_are_accepted():
     assert run("ch09-ex-targets", lambda *a: targets(*a).tolist(), hidden=False)[0]
     assert run("ch09-ex-estimator", lambda *a: projected_tensor(*a).numpy(),
                hidden=False)[0]
+
 
 def run(label, fn, hidden=True):
     out = io.StringIO()
@@ -435,6 +494,36 @@ CHEATS += [
 ]
 
 
+CHEATS += [
+    ("ch06-ex-unroll", lambda m, x, y, lr, s: lb.fl.client_update(
+        m, x, y, lr=lr, local_steps=s), "client_update"),
+    ("ch06-ex-unroll", lambda m, x, y, lr, s: lb.attacks.fedavg.simulate_update(
+        m, x, y, lr=lr, local_steps=s, create_graph=True), "simulate_update"),
+    ("ch06-ex-unroll", unroll_detached, "derivative"),
+    ("ch06-ex-unroll", lambda m, x, y, lr, s: unroll(m, x, y, lr, s + 1), "differs"),
+    ("ch06-ex-unroll", lambda m, x, y, lr, s: unroll(m, x, y, lr, s)[:-1], "list"),
+    ("ch06-ex-path-mean", lambda m, u, d, T: lb.attacks.labels.path_softmax_mean(
+        m, u, d, T)["softmax_mean"], "path_softmax_mean"),
+    ("ch06-ex-path-mean", lambda m, u, d, T: interpolated_mean(m, u, d, 1), "w_t only"),
+    ("ch06-ex-path-mean", interpolated_mean_ahead, "Off by one"),
+    ("ch06-ex-counts", lambda b, p, lr, n: n * (p[0] + b / (lr * len(p))),
+     "Not the batch's counts"),
+    ("ch06-ex-counts", lambda b, p, lr, n: counts_from_path(b, p, lr, n).round(),
+     "estimated path"),
+    ("ch06-ex-counts", lambda b, p, lr, n: lb.attacks.labels.geng(
+        None, -b / lr, n, p.mean(0)), "geng"),
+]
+
+
+def test_ch06_feedback_shows_no_numbers():
+    wrong = [("ch06-ex-unroll", unroll_detached),
+             ("ch06-ex-path-mean", interpolated_mean_ahead),
+             ("ch06-ex-counts", lambda b, p, lr, n: 1.1 * counts_from_path(b, p, lr, n))]
+    for label, fn in wrong:
+        ok, text = run(label, fn)
+        assert not ok and not any(ch.isdigit() for ch in text), text
+
+
 @pytest.mark.parametrize("label,fn,says", CHEATS,
                          ids=[f"{c[0]}-{i}" for i, c in enumerate(CHEATS)])
 def test_cheats_and_near_misses_fail(label, fn, says):
@@ -508,3 +597,4 @@ def test_the_guard_restores_the_package_after_a_forbidden_call():
     gw = torch.randn(4, 3, dtype=torch.float64)
     gb = torch.tensor([1.0, 2.0, 0.5, 1.5], dtype=torch.float64)
     assert lb.attacks.invert_fc(gw * gb[:, None], gb).ratios.shape == (4, 3)
+

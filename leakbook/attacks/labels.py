@@ -891,3 +891,200 @@ def sample_batch(x: torch.Tensor, y: torch.Tensor, labels, seed: int = 0):
                              f"asked for {len(slots)}")
         idx[slots] = cands[torch.randperm(len(cands), generator=gen)[:len(slots)]]
     return x[idx], y[idx]
+
+
+# --- FedAvg updates (chapter 06) ---------------------------------------------
+#
+# A FedAvg client sends u = w_T - w_0 after T local SGD steps at rate lr. For
+# the last layer's bias, summed over the steps (full batch, N samples):
+#
+#     -u_b / (lr T) = (1/T) sum_s p_mean(w_s) - n / N,
+#
+# so Geng's counts n = N (p_path - g_path) hold with g_path = -u_b / (lr T) and
+# p_path the softmax mean of the batch averaged along the client's path w_s.
+# The path is unknown between w_0 and w_T: "interpolate" evaluates dummies at
+# w_0 + (s / T) u; "simulate" trains a surrogate client (dummies carrying the
+# candidate labels, the client's schedule) and keeps the counts whose
+# surrogate update explains the observed last layer best.
+
+PATHS = ("simulate", "interpolate")
+
+
+def _last_layer_signal(model: nn.Module, tensors, use_bias: bool) -> torch.Tensor:
+    """The last layer's bias entries (C,), or the row sums of its weight without."""
+    gw, gb = last_layer_grads(model, tensors)
+    return gb if use_bias else gw.sum(1)
+
+
+def path_softmax_mean(model: nn.Module, update, dummies: torch.Tensor,
+                      local_steps: int) -> dict:
+    """Dummy statistics averaged over the models w_0 + (s / T) u, s = 0 .. T-1.
+
+    The client took its s-th gradient at w_s; with equal steps w_s lies at
+    s / T of the way from w_0 to w_T. update: aligned with
+    ``model.parameters()``; dummies: (M, ...). Returns dict(softmax_mean
+    (C,), feature_sum) as :func:`dummy_stats`, averaged along the line.
+    Taught in chapter 06.
+    """
+    import copy
+    update = check_grads(model, update)
+    net = copy.deepcopy(model)
+    probs, feats = [], []
+    with torch.no_grad():
+        for s in range(local_steps):
+            for p, p0, u in zip(net.parameters(), model.parameters(), update):
+                p.copy_(p0 + (s / local_steps) * u.to(p.dtype))
+            stats = dummy_stats(net, dummies)
+            probs.append(stats["softmax_mean"])
+            feats.append(stats["feature_sum"])
+    return {"softmax_mean": torch.stack(probs).mean(0),
+            "feature_sum": float(np.mean(feats))}
+
+
+def surrogate_inputs(counts: torch.Tensor, dummies: torch.Tensor,
+                     dummy_labels: torch.Tensor | None, seed: int = 0):
+    """A surrogate batch with the given class counts (C,): inputs (N, ...), labels (N,).
+
+    With ``dummy_labels`` (labelled auxiliary data) the j-th sample of class
+    c is the j-th dummy of class c in a shuffle drawn from ``seed`` (the
+    same dummies for every candidate), cycling if a class has too few and
+    falling back to all dummies for a class with none. Without, the first N
+    dummies of the shuffle carry the labels in sorted order. Taught in
+    chapter 06.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(dummies), generator=gen)
+    labels = torch.repeat_interleave(torch.arange(len(counts)), counts.long())
+    if dummy_labels is None:
+        idx = order[torch.arange(len(labels)) % len(order)]
+        return dummies[idx], labels
+    shuffled = dummy_labels[order]
+    idx = []
+    for c, k in enumerate(counts.long().tolist()):
+        pool = order[shuffled == c]
+        pool = pool if len(pool) else order
+        idx += [pool[j % len(pool)] for j in range(k)]
+    idx = torch.stack(idx) if idx else torch.zeros(0, dtype=torch.long)
+    return dummies[idx], labels
+
+
+def _surrogate_signal(model, counts, dummies, dummy_labels, schedule, use_bias, loss,
+                      seed):
+    from ..fl import client_update
+    xs, ys = surrogate_inputs(counts, dummies, dummy_labels, seed)
+    upd = client_update(model, xs.to(next(model.parameters()).dtype), ys, loss=loss,
+                        **schedule)
+    return _last_layer_signal(model, upd, use_bias)
+
+
+def simulate_counts(model: nn.Module, observed: torch.Tensor, start: torch.Tensor,
+                    dummies: torch.Tensor, dummy_labels=None, *, lr: float,
+                    local_steps: int, batch_size: int | None = None,
+                    shuffle_seed: int = 0, use_bias: bool = True, loss="ce",
+                    seed: int = 0, max_sweeps: int = 20) -> tuple[torch.Tensor, dict]:
+    """Counts whose surrogate client explains the observed last-layer update best.
+
+    observed: the update's last-layer bias (C,) (row sums of the weight
+    without bias); start: (N,) labels to start from. Each candidate count
+    vector n trains a surrogate client (:func:`surrogate_inputs`, the
+    client's schedule) from the model's weights; the residual is
+    ||signal(n) - observed||^2. Labels move one at a time while the
+    residual falls. Returns the sorted labels (N,) and dict(residual,
+    evaluations, sweeps). Taught in chapter 06.
+    """
+    num_classes = len(observed)
+    sched = {"lr": lr, "local_steps": local_steps, "batch_size": batch_size,
+             "seed": shuffle_seed}
+
+    def residual(n):
+        sig = _surrogate_signal(model, n, dummies, dummy_labels, sched, use_bias, loss,
+                                seed)
+        return float(((sig - observed) ** 2).sum())
+
+    n = torch.bincount(start, minlength=num_classes).double()
+    best, evals, sweeps, improved = residual(n), 1, 0, True
+    while improved and sweeps < max_sweeps:
+        improved, sweeps = False, sweeps + 1
+        for i, j in itertools.permutations(range(num_classes), 2):
+            if n[i] < 1:
+                continue
+            trial = n.clone()
+            trial[i] -= 1
+            trial[j] += 1
+            value = residual(trial)
+            evals += 1
+            if value < best * (1 - 1e-12):
+                n, best, improved = trial, value, True
+    labels = _sorted(torch.repeat_interleave(torch.arange(num_classes), n.long()))
+    return labels, {"residual": best, "evaluations": evals, "sweeps": sweeps}
+
+
+def recover_fedavg(model: nn.Module, update, num_samples: int, *, lr: float,
+                   local_steps: int, batch_size: int | None = None,
+                   shuffle_seed: int = 0, path: str = "simulate",
+                   softmax_mean=None, dummies: torch.Tensor | None = None,
+                   dummy_labels=None, input_shape=None, num_dummies: int = 256,
+                   seed: int = 0, use_bias: bool = True, loss="ce") -> torch.Tensor:
+    """The labels of the batch behind a FedAvg update; sorted (N,) int64.
+
+    model: holds w_t (last layer ``nn.Linear``); update: w_{t+1} - w_t from
+    ``fl.client_update``, aligned with ``model.parameters()``; num_samples:
+    N; lr, local_steps, batch_size, shuffle_seed: the client's schedule
+    (shuffle_seed is ``client_update``'s seed).
+    softmax_mean: (C,) the batch's softmax mean averaged over the local
+        steps, if known; then the counts follow in closed form (exact for
+        full-batch steps, and whenever every sample is used equally often).
+    Otherwise it is estimated from dummies (M, ...) (or ``num_dummies``
+    noise images of ``input_shape`` drawn from ``seed``):
+    path="interpolate": dummies through the models w_t + (s / T) update,
+        s = 0 .. T-1 (:func:`path_softmax_mean`);
+    path="simulate" (default): start there, then search the counts whose
+        surrogate client reproduces the last layer's update
+        (:func:`simulate_counts`); ``dummy_labels`` (M,) marks the dummies
+        as labelled auxiliary data, so a class's slots get its own images.
+    use_bias=False reads the row sums of the last weight instead of the bias.
+    Taught in chapter 06.
+    """
+    from .fedavg import _check_schedule
+    if path not in PATHS:
+        raise ValueError(f"unknown path {path!r}; choose one of {PATHS}")
+    if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)):
+        raise TypeError(f"num_samples must be an int, got {type(num_samples).__name__}")
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be at least 1, got {num_samples}")
+    _check_schedule(num_samples, lr, local_steps, batch_size)
+    update = check_grads(model, update)
+    gw, gb = last_layer_grads(model, update)
+    if use_bias and gb is None:
+        raise ValueError("use_bias=True but the last layer has no bias; "
+                         "pass use_bias=False")
+    if not (gw.abs().sum() > 0):
+        raise ValueError("the last layer's update is zero: it carries no label "
+                         "information")
+    scale = -1.0 / (lr * local_steps)
+    mean_gw, mean_gb = gw * scale, (gb * scale if use_bias else None)
+    if softmax_mean is not None and use_bias:
+        return geng(mean_gw, mean_gb, num_samples, softmax_mean)
+    if dummies is None:
+        if input_shape is None:
+            raise ValueError("recover_fedavg needs softmax_mean, dummies or "
+                             "input_shape (to draw noise dummies)")
+        dummies = noise_dummies(input_shape, num_dummies, seed)
+    if not isinstance(dummies, torch.Tensor) or dummies.dim() < 2 or len(dummies) == 0:
+        raise ValueError("dummies must be a non-empty tensor (M, ...) of model inputs")
+    if dummy_labels is not None:
+        dummy_labels = torch.as_tensor(dummy_labels).long().flatten()
+        if len(dummy_labels) != len(dummies):
+            raise ValueError(f"{len(dummies)} dummies but {len(dummy_labels)} "
+                             "dummy_labels")
+    stats = path_softmax_mean(model, update, dummies, local_steps)
+    p = stats["softmax_mean"] if softmax_mean is None else softmax_mean
+    start = geng(mean_gw, mean_gb, num_samples, p, stats["feature_sum"])
+    if path == "interpolate" or softmax_mean is not None:
+        return start
+    observed = _last_layer_signal(model, update, use_bias)
+    labels, _ = simulate_counts(model, observed, start, dummies, dummy_labels, lr=lr,
+                                local_steps=local_steps, batch_size=batch_size,
+                                shuffle_seed=shuffle_seed, use_bias=use_bias,
+                                loss=loss, seed=seed)
+    return labels
