@@ -107,3 +107,33 @@ def summary(values) -> dict:
     v = [float(a) for a in values if a is not None and math.isfinite(a)]
     s = lb.metrics.summarize(v)
     return {k: (round(x, 2) if isinstance(x, float) else x) for k, x in s.items()}
+
+
+def run_sections(file: str, sections: dict, names: list, cheap) -> None:
+    """Run the named sections (all if none), merge them into ``file`` and write it
+    with its provenance and cheap section; each section keeps its own provenance
+    and seconds, so sections may run as separate processes."""
+    from .common import command_line, load, provenance, write
+    unknown = sorted(set(names) - set(sections))
+    if unknown:
+        raise SystemExit(f"unknown sections {unknown}; known: {sorted(sections)}")
+    torch.set_num_threads(1)
+    record = provenance(command_line())
+    start = time.time()
+    fresh, seconds = {}, {}
+    for name in names or list(sections):
+        t = time.time()
+        fresh[name] = sections[name]()
+        seconds[name] = round(time.time() - t, 1)
+    try:  # re-read: another process may have written another section meanwhile
+        previous = load(file) if names else {}
+    except FileNotFoundError:
+        previous = {}
+    result = {k: v for k, v in previous.items() if k in sections}
+    result.update(fresh)
+    provenances = {**previous.get("section_provenance", {}),
+                   **{name: record for name in fresh}}
+    payload = {**result, "seconds": {**previous.get("seconds", {}), **seconds},
+               "section_provenance": provenances}
+    out = write(file, payload, record, cheap())
+    print(f"wrote {out} in {time.time() - start:.0f} s")

@@ -131,9 +131,10 @@ def _dlg_start(n_img: int, n_lab: int, init: str, gen: torch.Generator):
 
 def dlg(model: torch.nn.Module, grads, shape, labels=None, *, loss="ce",
         max_iter: int | None = None, history: int = DLG_DEFAULTS["history"],
-        rel_tol: float = DLG_DEFAULTS["rel_tol"], stall: int | None = DLG_DEFAULTS["stall"],
-        init: str = DLG_DEFAULTS["init"], restarts: int = 1, max_restarts: int = 4,
-        seed: int = 0, dtype: torch.dtype = torch.float64,
+        rel_tol: float = DLG_DEFAULTS["rel_tol"],
+        stall: int | None = DLG_DEFAULTS["stall"], init: str = DLG_DEFAULTS["init"],
+        restarts: int = 1, max_restarts: int = 4, seed: int = 0,
+        dtype: torch.dtype = torch.float64,
         max_time: float | None = DLG_DEFAULTS["max_time"],
         callback: Callable | None = None) -> Reconstruction:
     """Deep leakage from gradients: L2 gradient matching by L-BFGS.
