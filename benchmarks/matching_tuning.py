@@ -14,23 +14,25 @@ dlg: DLG's LeNet (sigmoid, 12 channels, weights U(-0.5, 0.5)) with the label
     records the iteration at which PSNR first passes 30, 40 and 50 dB, the
     PSNR when the relative gradient distance first falls below 1e-8 ... 1e-11
     (what a stopping tolerance would give), the run's status and seconds.
-ig: inverting gradients (cosine distance, TV, signed Adam, box) on the same
-    LeNet at 32x32/100 classes and 16x16/10 classes, and on resnet_tiny
-    (ReLU, BatchNorm in eval mode) at 32x32/10 classes: step size, TV weight
-    and the plateau schedule's patience.
+ig_tv: inverting gradients (cosine distance, TV, signed Adam, box) with
+    four TV weights, on the same LeNet at 16x16/10 classes and 32x32/100
+    classes (three images: its runs take thousands of steps) and on
+    resnet_tiny (ReLU, BatchNorm in eval mode) at 16x16/10 classes.
+ig_schedule: on the 16x16 LeNet at the chosen TV weight, the plateau
+    schedule's patience, the step size, and four restarts against one.
 """
 from __future__ import annotations
 
+import json
+import os
 import sys
-import time
 
 import torch
 
 import leakbook as lb
 from leakbook.attacks import dlg, inverting_gradients
 
-from .common import command_line, load, provenance, write
-from .matching_common import Tracker, lenet, summary
+from .matching_common import Tracker, lenet, run_sections, summary
 
 FILE = "matching_tuning.json"
 DLG_SETTINGS = [(32, 100), (32, 10), (16, 100), (16, 10)]
@@ -47,6 +49,27 @@ DLG_CONFIGS = [
 TOLERANCE = {"rel": 1e-3, "abs": 0.02}
 
 
+def cached(fn):
+    """Reuse results recorded in the JSON-lines file $LEAKBOOK_BENCH_CACHE (if set),
+    so an interrupted tuning run can resume; results are keyed by the arguments."""
+    def wrapper(*args, **kw):
+        path = os.environ.get("LEAKBOOK_BENCH_CACHE")
+        key = json.dumps([fn.__name__, args, kw], sort_keys=True)
+        if path and os.path.exists(path):
+            with open(path) as f:
+                for line in f:
+                    k, v = json.loads(line)
+                    if k == key:
+                        return v
+        value = fn(*args, **kw)
+        if path:
+            with open(path, "a") as f:
+                f.write(json.dumps([key, value]) + "\n")
+        return value
+    return wrapper
+
+
+@cached
 def dlg_run(size: int, classes: int, image: int, max_iter=8000, max_time=600.0,
             **kw) -> dict:
     """One label-known DLG run on dev image ``image``, scored along the way."""
@@ -98,20 +121,15 @@ def section_dlg() -> dict:
     return out
 
 
-IG_SETTINGS = [("lenet", 16, 10), ("lenet", 32, 100), ("resnet_tiny", 16, 10)]
-#: (name, keyword arguments, settings it runs on); images: HALF
-IG_CONFIGS = [
-    *[(f"tv {tv:g}, lr 0.1, patience 50", {"tv": tv, "patience": 50}, IG_SETTINGS)
-      for tv in (1e-4, 1e-3, 1e-2, 1e-1)],
-    ("tv 0.01, lr 0.1, patience 25", {"tv": 1e-2, "patience": 25}, IG_SETTINGS[:1]),
-    ("tv 0.01, lr 0.1, patience 100", {"tv": 1e-2, "patience": 100}, IG_SETTINGS[:1]),
-    ("tv 0.01, lr 0.03, patience 50", {"tv": 1e-2, "patience": 50, "lr": 0.03},
-     IG_SETTINGS[:1]),
-    ("tv 0.01, lr 0.3, patience 50", {"tv": 1e-2, "patience": 50, "lr": 0.3},
-     IG_SETTINGS[:1]),
-    ("tv 0.01, lr 0.1, patience 50, 4 restarts",
-     {"tv": 1e-2, "patience": 50, "restarts": 4}, IG_SETTINGS[:1]),
-]
+IG_SETTINGS = [("lenet", 16, 10), ("resnet_tiny", 16, 10), ("lenet", 32, 100)]
+#: dev images per setting (the 32x32 LeNet runs take several thousand steps)
+IG_IMAGES = {("lenet", 16, 10): HALF, ("resnet_tiny", 16, 10): HALF,
+             ("lenet", 32, 100): (0, 10, 11)}
+TVS = (1e-4, 1e-3, 1e-2, 1e-1)
+#: stage two, on the 16x16 LeNet at the TV weight stage one chose
+IG_SCHEDULES = [("patience 25", {"patience": 25}), ("patience 100", {"patience": 100}),
+                ("lr 0.03", {"lr": 0.03}), ("lr 0.3", {"lr": 0.3}),
+                ("4 restarts", {"restarts": 4})]
 
 
 def ig_model(arch: str, size: int, classes: int) -> torch.nn.Module:
@@ -122,8 +140,9 @@ def ig_model(arch: str, size: int, classes: int) -> torch.nn.Module:
                            num_classes=classes).eval()
 
 
+@cached
 def ig_run(arch: str, size: int, classes: int, image: int, tv: float,
-           max_time=900.0, **kw) -> dict:
+           max_time=1800.0, **kw) -> dict:
     """One inverting-gradients run on dev image ``image``, scored along the way."""
     xs, ys = lb.data.evaluation_set("dev", size=size)
     x, y = xs[image:image + 1], ys[image:image + 1] % classes
@@ -143,25 +162,43 @@ def ig_run(arch: str, size: int, classes: int, image: int, tv: float,
             "chosen_run": rec.stats["chosen_run"]}
 
 
-def section_ig() -> dict:
-    out = {}
-    for name, kw, settings in IG_CONFIGS:
-        for arch, size, classes in settings:
-            key = f"{name} | {arch} {size}x{size}, {classes} classes"
-            rows = []
-            for i in HALF:
-                rows.append(ig_run(arch, size, classes, i, **kw))
-                print(key, rows[-1], flush=True)
-            out[key] = {"config": kw, "arch": arch, "size": size, "classes": classes,
-                        "rows": rows, "psnr": summary(r["psnr"] for r in rows),
-                        "gain": summary(r["psnr"] - r["psnr_baseline"] for r in rows),
-                        "seconds": summary(r["seconds"] for r in rows)}
-            print(f"{key}: PSNR {out[key]['psnr']}, gain {out[key]['gain']}",
-                  flush=True)
+def _ig_rows(key: str, setting: tuple, kw: dict) -> dict:
+    rows = []
+    for i in IG_IMAGES[setting]:
+        rows.append(ig_run(*setting, i, **kw))
+        print(key, rows[-1], flush=True)
+    out = {"config": kw, "setting": list(setting), "rows": rows,
+           "psnr": summary(r["psnr"] for r in rows),
+           "gain": summary(r["psnr"] - r["psnr_baseline"] for r in rows),
+           "iterations": summary(r["iterations"] for r in rows)}
+    print(f"{key}: PSNR {out['psnr']}, gain {out['gain']}", flush=True)
     return out
 
 
-SECTIONS = {"dlg": section_dlg, "ig": section_ig}
+def section_ig_tv() -> dict:
+    """Stage one: the TV weight, at step 0.1 and patience 50, on every setting."""
+    out = {}
+    for arch, size, classes in IG_SETTINGS:
+        for tv in TVS:
+            key = f"tv {tv:g} | {arch} {size}x{size}, {classes} classes"
+            out[key] = _ig_rows(key, (arch, size, classes), {"tv": tv, "patience": 50})
+    return out
+
+
+def section_ig_schedule(tv: float | None = None) -> dict:
+    """Stage two: patience, step size and restarts at stage one's TV weight."""
+    if tv is None:
+        tv = lb.attacks.matching.IG_DEFAULTS["tv"]
+    out = {}
+    setting = IG_SETTINGS[0]
+    for name, extra in IG_SCHEDULES:
+        key = f"tv {tv:g}, {name} | lenet 16x16, 10 classes"
+        out[key] = _ig_rows(key, setting, {"tv": tv, "patience": 50, **extra})
+    return out
+
+
+SECTIONS = {"dlg": section_dlg, "ig_tv": section_ig_tv,
+            "ig_schedule": section_ig_schedule}
 
 
 def cheap() -> dict:
@@ -177,26 +214,7 @@ def cheap() -> dict:
 
 
 def main(names: list[str]) -> None:
-    torch.set_num_threads(1)
-    record = provenance(command_line())
-    start = time.time()
-    fresh, seconds = {}, {}
-    for name in names or list(SECTIONS):
-        t = time.time()
-        fresh[name] = SECTIONS[name]()
-        seconds[name] = round(time.time() - t, 1)
-    try:  # re-read: another process may have written another section meanwhile
-        previous = load(FILE) if names else {}
-    except FileNotFoundError:
-        previous = {}
-    result = {k: v for k, v in previous.items() if k in SECTIONS}
-    result.update(fresh)
-    seconds = {**previous.get("seconds", {}), **seconds}
-    sections = {**previous.get("section_provenance", {}),
-                **{name: record for name in fresh}}
-    out = write(FILE, {**result, "seconds": seconds, "section_provenance": sections},
-                record, cheap())
-    print(f"wrote {out} in {time.time() - start:.0f} s")
+    run_sections(FILE, SECTIONS, names, cheap)
 
 
 if __name__ == "__main__":
