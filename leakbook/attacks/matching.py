@@ -113,7 +113,7 @@ def _dlg_objective(net, target, shape, labels, num_classes, loss):
 #: DLG's defaults, chosen on the dev split (benchmarks/matching_tuning.py):
 #: a grey start, a history of 200 pairs, stop at a relative distance of 1e-10.
 DLG_DEFAULTS = {"init": "gray", "history": 200, "rel_tol": 1e-10, "stall": 100,
-                "max_time": 120.0}
+                "max_time": 300.0}
 
 
 def _dlg_start(n_img: int, n_lab: int, init: str, gen: torch.Generator):
@@ -390,7 +390,7 @@ def _ig_run(net, target, labels, loss, weights, ctx, x0, opts, callback):
 #: Inverting gradients' defaults, chosen on the dev split
 #: (benchmarks/matching_tuning.py).
 IG_DEFAULTS = {"lr": 0.1, "tv": 1e-4, "patience": 100, "tol": 1e-6, "restarts": 1,
-               "max_time": 120.0}
+               "max_time": 300.0}
 
 
 def inverting_gradients(model: torch.nn.Module, grads, shape, labels, *, loss="ce",
