@@ -10,4 +10,8 @@ for a unit test to re-run and compare within the module's ``TOLERANCE``.
 #: benchmark module -> the JSON file it writes under chapters/data/
 REGISTRY = {
     "fc_isolation": "fc_isolation.json",
+    "matching_tuning": "matching_tuning.json",
+    "dlg_speed": "dlg_speed.json",
+    "matching": "matching_bench.json",
+    "inverting": "inverting_bench.json",
 }

@@ -56,7 +56,8 @@ def _check_labels(labels, batch: int) -> torch.Tensor:
 
 
 def _attack_model(model: torch.nn.Module, dtype) -> torch.nn.Module:
-    """A private copy of the model in ``dtype`` whose weights need no gradient."""
+    """A private copy of the model in ``dtype``: the attack may run it in any mode
+    and differentiate through its weights without touching the caller's model."""
     net = copy.deepcopy(model).to(dtype)
     for p in net.parameters():
         p.requires_grad_(True)
@@ -389,7 +390,7 @@ def _ig_run(net, target, labels, loss, weights, ctx, x0, opts, callback):
 
 #: Inverting gradients' defaults, chosen on the dev split
 #: (benchmarks/matching_tuning.py).
-IG_DEFAULTS = {"lr": 0.1, "tv": 1e-4, "patience": 100, "tol": 1e-6, "restarts": 1,
+IG_DEFAULTS = {"lr": 0.1, "tv": 1e-3, "patience": 50, "tol": 1e-6, "restarts": 1,
                "max_time": 300.0}
 
 
