@@ -1,6 +1,10 @@
 """DLG in its published setting: the published loop and ours, side by side (chapter 04).
 
     python -m benchmarks.dlg_speed   # -> chapters/data/dlg_speed.json
+    python -m benchmarks.dlg_speed published ours   # only these methods
+
+The file is rewritten after every image, so an interrupted run leaves the
+images it finished (``settings.images_done``).
 
 Setting, as in DLG's code (mit-han-lab/dlg): LeNet with sigmoid activations,
 12 channels, weights and biases U(-0.5, 0.5), 100 classes, one 32x32 RGB
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 
 import torch
@@ -129,9 +134,16 @@ def ratios(rows: list, db: str = "40") -> list:
     return out
 
 
-def main() -> None:
+def main(methods: list[str] | None = None) -> None:
+    methods = methods or METHODS
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown or not {"published", "ours"} <= set(methods):
+        raise SystemExit(f"methods must include 'published' and 'ours' and be among "
+                         f"{METHODS}; got {methods}")
+    methods = [m for m in METHODS if m in methods]
     torch.set_num_threads(1)
     record = provenance(command_line())
+    check = cheap()
     start = time.time()
     xs, ys = lb.data.evaluation_set("test", size=SIZE)
     rows, loads = [], []
@@ -139,7 +151,7 @@ def main() -> None:
         x, y = xs[i:i + 1], ys[i:i + 1] % CLASSES
         model = lenet(SIZE, CLASSES)
         g = lb.fl.shared_gradients(model, x, y)
-        order = METHODS if i % 2 == 0 else METHODS[1::-1] + METHODS[2:][::-1]
+        order = methods if i % 2 == 0 else methods[1::-1] + methods[2:][::-1]
         before = os.getloadavg()[0]
         for method in order:
             r = run(method, model, g, x, y)
@@ -149,27 +161,36 @@ def main() -> None:
                   f"final {r['psnr']} dB (flat {r['psnr_baseline']}), "
                   f"{r['seconds']} s", flush=True)
         loads.append([round(before, 2), round(os.getloadavg()[0], 2)])
+        out = write(FILE, payload(rows, loads, xs, methods, start), record, check)
+    print(f"wrote {out}; summary {load_summary(rows)}")
+
+
+def load_summary(rows: list) -> dict:
     ours = [r for r in rows if r["method"] == "ours"]
+    published_rows = [r for r in rows if r["method"] == "published"]
     r40 = ratios(rows, "40")
-    payload = {
-        "settings": {"model": "lenet_dlg, sigmoid, U(-0.5, 0.5)", "size": SIZE,
-                     "classes": CLASSES, "split": "test", "published_steps": STEPS,
-                     "dlg_defaults": {k: v for k, v in
-                                      lb.attacks.matching.DLG_DEFAULTS.items()}},
-        "rows": rows, "load_average_per_image": loads,
-        "truth": as_uint8(xs),
-        "summary": {
-            "ours_psnr": summary(r["psnr"] for r in ours),
+    return {"ours_psnr": summary(r["psnr"] for r in ours),
+            "published_psnr": summary(r["psnr"] for r in published_rows),
             "baseline": summary(r["psnr_baseline"] for r in ours),
             "ours_min_psnr": min(r["psnr"] for r in ours),
             "ratio_40": r40, "median_ratio_40": summary(
                 [v for v in r40 if v is not None])["median"],
             "ratio_30": ratios(rows, "30"),
             "target_psnr_met": all(r["psnr"] >= 40 for r in ours),
-            "target_ratio_met": None not in r40 and summary(r40)["median"] <= 0.5},
+            "target_ratio_met": None not in r40 and summary(r40)["median"] <= 0.5}
+
+
+def payload(rows, loads, xs, methods, start) -> dict:
+    done = sorted({r["image"] for r in rows})
+    return {
+        "settings": {"model": "lenet_dlg, sigmoid, U(-0.5, 0.5)", "size": SIZE,
+                     "classes": CLASSES, "split": "test", "published_steps": STEPS,
+                     "methods": methods, "images_done": done,
+                     "dlg_defaults": dict(lb.attacks.matching.DLG_DEFAULTS)},
+        "rows": rows, "load_average_per_image": loads,
+        "truth": as_uint8(xs[done]),
+        "summary": load_summary(rows),
         "seconds": round(time.time() - start, 1)}
-    out = write(FILE, payload, record, cheap())
-    print(f"wrote {out} in {payload['seconds']} s; summary {payload['summary']}")
 
 
 def cheap() -> dict:
@@ -188,4 +209,4 @@ def cheap() -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
