@@ -14,4 +14,6 @@ REGISTRY = {
     "dlg_speed": "dlg_speed.json",
     "matching": "matching_bench.json",
     "inverting": "inverting_bench.json",
+    "tensor": "tensor_bench.json",
+    "labels": "labels_bench.json",
 }
