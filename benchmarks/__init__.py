@@ -11,6 +11,10 @@ for a unit test to re-run and compare within the module's ``TOLERANCE``.
 REGISTRY = {
     "fc_isolation": "fc_isolation.json",
     "fedavg": "fedavg_bench.json",
+    "matching_tuning": "matching_tuning.json",
+    "dlg_speed": "dlg_speed.json",
+    "matching": "matching_bench.json",
+    "inverting": "inverting_bench.json",
     "tensor": "tensor_bench.json",
     "labels": "labels_bench.json",
 }

@@ -1,110 +1,83 @@
-"""Benchmark of the gradient-matching attacks of chapters 04 and 05.
+"""When gradient matching works and when it fails, over the evaluation set (ch. 04-05).
 
-    PYTHONPATH=. python benchmarks/matching.py            # full run (minutes)
-    PYTHONPATH=. python benchmarks/matching.py --quick    # smoke test
-    PYTHONPATH=. python benchmarks/matching.py --only speed --photos 3
+    python -m benchmarks.matching                 # -> chapters/data/matching_bench.json
+    python -m benchmarks.matching activation      # one section, merged into the file
 
-The defaults are the settings of the committed JSON (sections may also run
-as parallel processes with --only and --out, then be merged by key).
+Every attack runs with its default arguments (chosen on the dev split by
+benchmarks.matching_tuning) on images of the evaluation set's *test* split;
+the truth is read only to score the result, beside the flat baseline (each
+image's own mean colour).
 
-Writes chapters/data/matching_bench.json: for every fixed case, PSNR, SSIM,
-label accuracy and wall time of each attack, and its time-to-quality curve
-(PSNR of the current iterate against attack time). The truth is read only by
-the scoring callback, whose own time is excluded from the clock.
+activation: DLG's LeNet at its published setting (32x32, 100 classes) with
+    sigmoid or ReLU, and weights drawn as in DLG's code (U(-0.5, 0.5)) or by
+    PyTorch's default initialisation; iDLG (label from the gradient, then
+    DLG on the image) on all 12 test images.
+variations: controlled changes of DLG's setting, one at a time, at 16x16
+    with 10 classes on 6 varied test images (4 photos, the face, the digit):
+    ReLU, the weights' scale, a briefly trained model, dropout on at the
+    client, a client loss of 0.5 CE; iDLG and inverting gradients on each.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import math
-import os
-import platform
+import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 import leakbook as lb
-from leakbook.attacks import dlg, idlg, inverting_gradients
+from leakbook.attacks import idlg, inverting_gradients
 
-OUT = Path(__file__).resolve().parents[1] / "chapters" / "data" / "matching_bench.json"
+from .matching_common import as_uint8, lenet, run_sections, score, summary
 
-
-class Tracker:
-    """Callback that records (attack seconds, PSNR) every ``every`` iterations.
-
-    The time spent scoring (which reads the truth) is excluded from the clock.
-    """
-
-    def __init__(self, x_true: torch.Tensor, every: int = 10):
-        self.x, self.every = x_true, every
-        self.start, self.excluded = time.perf_counter(), 0.0
-        self.times, self.psnrs = [], []
-
-    def __call__(self, it, images, loss):
-        t = time.perf_counter()
-        if it % self.every == 0:
-            x_hat = images.detach().float().clamp(0, 1)
-            perm = lb.metrics.match(x_hat, self.x)
-            self.times.append(round(t - self.start - self.excluded, 4))
-            self.psnrs.append(round(lb.metrics.psnr(x_hat[perm], self.x), 3))
-        self.excluded += time.perf_counter() - t
-
-    def time_to(self, db: float):
-        """Attack seconds until the PSNR first reached ``db`` (None if never)."""
-        return next((t for t, p in zip(self.times, self.psnrs) if p >= db), None)
+FILE = "matching_bench.json"
+HALF = (0, 2, 4, 6, 10, 11)  # 4 photos, the face, the digit
+#: PSNRs rounded to 0.01 dB; short float64/float32 runs may differ in the last
+#: digits between BLAS builds
+TOLERANCE = {"rel": 1e-3, "abs": 0.02}
 
 
-def reference_dlg(model, grads, shape, num_classes=10, steps=300, seed=0,
-                  callback=None):
-    """The published DLG loop: torch L-BFGS (lr 1, max_iter 20 per step),
-    float32, joint soft labels, 300 outer steps (mit-han-lab/dlg main.py)."""
-    gen = torch.Generator().manual_seed(seed)
-    dx = torch.randn(shape, generator=gen).requires_grad_(True)
-    dy = torch.randn(shape[0], num_classes, generator=gen).requires_grad_(True)
-    opt = torch.optim.LBFGS([dx, dy])
-    params = list(model.parameters())
-
-    def closure():
-        opt.zero_grad()
-        out = model(dx)
-        loss = -(F.softmax(dy, -1) * F.log_softmax(out, -1)).sum(-1).mean()
-        dg = torch.autograd.grad(loss, params, create_graph=True)
-        d = sum(((a - b) ** 2).sum() for a, b in zip(dg, grads))
-        d.backward()
-        return d
-
-    t0, hist = time.perf_counter(), []
-    for step in range(steps):
-        d = opt.step(closure)
-        hist.append(float(d.detach()))
-        if callback is not None:
-            callback(step * 20, dx.detach(), hist[-1])  # every step = 20 iterations
-        if not math.isfinite(hist[-1]):
-            break
-    return lb.Reconstruction(dx.detach(), F.softmax(dy, -1).argmax(1).detach(), hist,
-                             time.perf_counter() - t0, {})
+def attack(method: str, model, g, x, y, **kw) -> dict:
+    """iDLG or inverting gradients (defaults) on one image; scores, not timings."""
+    start = time.perf_counter()
+    if method == "idlg":
+        rec = idlg(model, g, tuple(x.shape), **kw)
+    else:
+        rec = inverting_gradients(model, g, tuple(x.shape), y, **kw)
+    seconds = time.perf_counter() - start
+    scores, _ = score(rec.images, x, rec.labels, y)
+    return {**scores, "status": rec.stats["status"],
+            "iterations": rec.stats["iterations"], "seconds": round(seconds, 1),
+            "images": as_uint8(torch.nan_to_num(rec.images, nan=0.5))}
 
 
-# --- cases -------------------------------------------------------------------
+def section_activation() -> dict:
+    xs, ys = lb.data.evaluation_set("test", size=32)
+    out = {}
+    for act in ("sigmoid", "relu"):
+        for init in ("dlg", "default"):
+            rows = []
+            for i in range(len(xs)):
+                x, y = xs[i:i + 1], ys[i:i + 1] % 100
+                model = lenet(32, 100, act, init)
+                g = lb.fl.shared_gradients(model, x, y)
+                r = attack("idlg", model, g, x, y)
+                del r["images"]
+                rows.append({"image": i, **r})
+                print(f"activation {act} init {init} image {i}: {r['psnr']} dB "
+                      f"(flat {r['psnr_baseline']}), {r['status']}", flush=True)
+            out[f"{act}, {init} init"] = {
+                "activation": act, "init": init, "rows": rows,
+                "psnr": summary(r["psnr"] for r in rows),
+                "baseline": summary(r["psnr_baseline"] for r in rows),
+                "above_40": sum(r["psnr"] >= 40 for r in rows)}
+    return out
 
 
-def lenet(activation="sigmoid", scale=1.0, dropout=0.0, size=32, seed=0):
-    """DLG's LeNet, optionally with weights scaled or dropout before the head."""
-    net = lb.models.build("lenet_dlg", seed=seed, activation=activation,
-                          image_size=size)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.mul_(scale)
-    if dropout:
-        net = torch.nn.Sequential(*net[:-1], torch.nn.Dropout(dropout), net[-1])
-    return net
-
-
-def train_briefly(net, steps=300, seed=0, size=32):
-    """Train on bundled photos (not the attacked ones) with Adam: a 'trained' model."""
+def train_briefly(net, steps=300, seed=0, size=16, classes=10):
+    """Adam on other crops of the bundled photos (not the evaluation images)."""
     x, y = lb.data.load("photos", 320, seed=1000 + seed, size=size)
+    y = y % classes
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(seed)
     for _ in range(steps):
@@ -117,247 +90,84 @@ def train_briefly(net, steps=300, seed=0, size=32):
     return net, acc
 
 
-def as_uint8(images: torch.Tensor) -> list:
-    """Images (B, C, H, W) as nested lists of 0..255 integers (a small JSON)."""
-    return (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).tolist()
+def half_ce(out, t):
+    return 0.5 * F.cross_entropy(out, t)
 
 
-def run(attack: str, model, x, y, grads, keep_images=False, every=10, **kw) -> dict:
-    """Run one attack on (x, y)'s shared gradient; score it against the truth."""
-    tr = Tracker(x, every=every)
-    shape = tuple(x.shape)
-    if attack == "reference":
-        rec = reference_dlg(model, grads, shape, callback=tr, **kw)
-    elif attack == "dlg":
-        rec = dlg(model, grads, shape, callback=tr, **kw)
-    elif attack == "idlg":
-        rec = idlg(model, grads, shape, callback=tr, **kw)
-    elif attack == "ig":
-        rec = inverting_gradients(model, grads, shape, kw.pop("labels", y), callback=tr,
-                                  **kw)
-    else:
-        raise ValueError(attack)
-    images = rec.images.float()
-    if not torch.isfinite(images).all():
-        images = torch.nan_to_num(images, nan=0.5)
-    rep = lb.metrics.report(images, x, rec.labels, y)
-    out = {"attack": attack, "psnr": round(rep["psnr"], 2),
-           "ssim": round(rep["ssim"], 4),
-           "label_acc": rep["label_acc"], "wall_time": round(rec.wall_time, 2),
-           "iterations": len(rec.loss_history),
-           "final_loss": float(rec.loss_history[-1]) if rec.loss_history else None,
-           "status": rec.stats.get("status"), "curve": [tr.times, tr.psnrs],
-           "time_to": {str(db): tr.time_to(db) for db in (20, 30, 40, 50)}}
-    if keep_images:
-        out["images"] = as_uint8(images[rep["order"]])
+def variation_cases(size: int, classes: int, steps: int = 300):
+    """name -> (client model, attacker model, client loss, dropout seed or None)."""
+    def net(**kw):
+        return lenet(size, classes, **kw)
+
+    trained, acc = train_briefly(net(), steps=steps, size=size, classes=classes)
+    drop = torch.nn.Sequential(*net()[:-1], torch.nn.Dropout(0.3), net()[-1])
+    drop_attacker = torch.nn.Sequential(*net()[:-1], torch.nn.Dropout(0.3),
+                                        net()[-1]).eval()
+    cases = {
+        "DLG's setting": (net(), None, "ce", None),
+        "ReLU, DLG's init": (net(activation="relu"), None, "ce", None),
+        "ReLU, PyTorch init": (net(activation="relu", init="default"), None, "ce",
+                               None),
+        "weights x0.1": (net(scale=0.1), None, "ce", None),
+        "weights x0.3": (net(scale=0.3), None, "ce", None),
+        "weights x3": (net(scale=3.0), None, "ce", None),
+        "trained model": (trained, None, "ce", None),
+        "dropout at client": (drop, drop_attacker, "ce", 7),
+        "client loss 0.5 CE": (net(), None, half_ce, None),
+    }
+    return cases, acc
+
+
+def section_variations(size=16, classes=10, images=HALF) -> dict:
+    xs, ys = lb.data.evaluation_set("test", size=size)
+    cases, acc = variation_cases(size, classes)
+    out = {"size": size, "classes": classes, "images": list(images),
+           "truth": as_uint8(xs[list(images)]), "train_accuracy": round(acc, 3),
+           "cases": {}}
+    for name, (client, attacker, loss, drop_seed) in cases.items():
+        rows = {"idlg": [], "ig": []}
+        for i in images:
+            x, y = xs[i:i + 1], ys[i:i + 1] % classes
+            with torch.random.fork_rng(devices=[]):
+                if drop_seed is not None:  # the client's mask, unknown to the attacker
+                    torch.manual_seed(drop_seed + i)
+                g = lb.fl.shared_gradients(client, x, y, loss=loss)
+            for method in rows:
+                r = attack(method, attacker or client, g, x, y)
+                rows[method].append({"image": i, **r})
+                print(f"variation {name} image {i} {method}: {r['psnr']} dB "
+                      f"(flat {r['psnr_baseline']})", flush=True)
+        out["cases"][name] = {m: {"rows": rs, "psnr": summary(r["psnr"] for r in rs),
+                                  "gain": summary(r["psnr"] - r["psnr_baseline"]
+                                                  for r in rs)}
+                              for m, rs in rows.items()}
+    out["baseline"] = summary(r["psnr_baseline"]
+                              for r in out["cases"]["DLG's setting"]["idlg"]["rows"])
     return out
 
 
-def shared(model, x, y, loss="ce"):
-    return lb.fl.shared_gradients(model, x, y, loss=loss)
+SECTIONS = {"activation": section_activation, "variations": section_variations}
 
 
-# --- sections ----------------------------------------------------------------
-
-
-def speed(quick, photos=3):
-    """The published DLG loop against ours, side by side, on 32x32 photos."""
-    rows = []
-    for s in range(1 if quick else photos):
-        model = lenet()
-        x, y = lb.data.load("photos", 1, seed=s)
-        g = shared(model, x, y)
-        common = dict(max_iter=200 if quick else 8000, rel_tol=1e-14)
-        for name, attack, kw in [("reference DLG (torch L-BFGS, float32)", "reference",
-                                  {"steps": 10 if quick else 300}),
-                                 ("DLG, ours (joint labels)", "dlg", common),
-                                 ("iDLG, ours (label first)", "idlg", common)]:
-            r = run(attack, model, x, y, g, every=1 if attack == "reference" else 10,
-                    keep_images=(s == 0), **kw)
-            r.update(name=name, image_seed=s)
-            rows.append(r)
-            print(f"speed seed {s} {name}: to 40 dB {r['time_to']['40']} s, "
-                  f"to 50 dB {r['time_to']['50']} s, PSNR {r['psnr']}", flush=True)
-    return {"rows": rows, "truth": as_uint8(lb.data.load("photos", 1, seed=0)[0])}
-
-
-def reliability(quick):
-    """DLG (joint labels) against iDLG over several images and fresh models."""
-    rows = []
-    for s in range(2 if quick else 8):
-        model = lenet(seed=100 + s)
-        x, y = lb.data.load("photos", 1, seed=200 + s)
-        g = shared(model, x, y)
-        for attack in ("dlg", "idlg"):
-            r = run(attack, model, x, y, g, max_iter=100 if quick else 1500)
-            r.update(seed=s)
-            rows.append(r)
-            print(f"reliability {s} {attack}: PSNR {r['psnr']} label {r['label_acc']}",
-                  flush=True)
-    return rows
-
-
-def variations(quick, size=32, iters=1500):
-    """Controlled failures of DLG (as iDLG, label first) on one photo."""
-    x, y = lb.data.load("photos", 1, seed=0, size=size)
-    it = 100 if quick else iters
-    cases = {}
-
-    def attack(name, client, attacker=None, loss="ce", **kw):
-        g = shared(client, x, y, loss=loss)
-        attacker = attacker or client
-        r = run("idlg", attacker, x, y, g, max_iter=it, keep_images=True, **kw)
-        ig = run("ig", attacker, x, y, g, iterations=200 if quick else iters,
-                 regularizers={"tv": 1e-3}, keep_images=True)
-        cases[name] = {"dlg": r, "ig": ig}
-        print(f"variation {name}: DLG {r['psnr']} dB, IG {ig['psnr']} dB", flush=True)
-
-    attack("sigmoid, U(-0.5, 0.5) (DLG's setting)", lenet(size=size))
-    attack("ReLU instead of sigmoid", lenet("relu", size=size))
-    for sc in (0.1, 0.3, 3.0):
-        attack(f"initial weights x{sc}", lenet(scale=sc, size=size))
-    trained, acc = train_briefly(lenet(size=size), steps=20 if quick else 300,
-                                 size=size)
-    attack("trained model", trained)
-    cases["trained model"]["train_accuracy"] = acc
-    client = lenet(dropout=0.3, size=size)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(7)  # the client's dropout mask, unknown to the attacker
-        g = shared(client, x, y)
-    attacker = lenet(dropout=0.3, size=size).eval()
-    r = run("idlg", attacker, x, y, g, max_iter=it, keep_images=True)
-    ig = run("ig", attacker, x, y, g, iterations=200 if quick else iters,
-             regularizers={"tv": 1e-3}, keep_images=True)
-    cases["dropout on at the client"] = {"dlg": r, "ig": ig}
-    print(f"variation dropout: DLG {r['psnr']} dB, IG {ig['psnr']} dB", flush=True)
-    attack("client loss 0.5 CE, attacker CE", lenet(size=size),
-           loss=lambda out, t: 0.5 * F.cross_entropy(out, t))
-    return {"truth": as_uint8(x), "cases": cases, "size": size, "iterations": it}
-
-
-def batches(quick, size=32, iters=1500):
-    """DLG and IG on batches of photos; quality against batch size."""
-    rows = []
-    sizes = (1, 2) if quick else (1, 2, 4, 8)
-    it = 100 if quick else iters
-    for b in sizes:
-        x, y = lb.data.load("photos", 0, seed=300 + b, labels=list(range(b)), size=size)
-        model = lenet(size=size)
-        g = shared(model, x, y)
-        ig = run("ig", model, x, y, g, iterations=it, regularizers={"tv": 1e-3},
-                 keep_images=b in (1, 4, 8))
-        d = run("dlg", model, x, y, g, labels=y, max_iter=it,
-                keep_images=b in (1, 4, 8))
-        dj = run("dlg", model, x, y, g, max_iter=it)
-        rows.append({"batch": b, "size": size, "iterations": it,
-                     "truth": as_uint8(x) if b in (1, 4, 8) else None,
-                     "ig": ig, "dlg_labels_known": d, "dlg_joint": dj})
-        print(f"batch {b}: IG {ig['psnr']} DLG(known) {d['psnr']} DLG(joint) "
-              f"{dj['psnr']} label {dj['label_acc']}", flush=True)
-    return rows
-
-
-def batchnorm(quick):
-    """IG on resnet_tiny with BN: train vs eval mode, with and without the BN prior."""
-    x, y = lb.data.load("photos", 0, seed=400, labels=[0, 1, 2, 3], size=16)
-    model = lb.models.build("resnet_tiny", seed=0, image_size=16)
-    warm, _ = lb.data.load("photos", 64, seed=401, size=16)
-    with torch.no_grad():  # running statistics from other data, as after training
-        model.train()
-        for _ in range(20):
-            model(warm)
-    it = 200 if quick else 1500
-    out = {"truth": as_uint8(x), "cases": {}}
-    for client_mode in ("train", "eval"):
-        client = lb.models.build("resnet_tiny", seed=0, image_size=16)
-        client.load_state_dict(model.state_dict())
-        client.train(client_mode == "train")
-        g = shared(client, x, y)
-        batch_stats = lb.attacks.matching.batchnorm_statistics(client, x)
-        for attacker_mode in ("train", "eval"):
-            for prior in ("none", "running", "batch"):
-                if prior != "none" and attacker_mode == "eval":
-                    continue
-                att = lb.models.build("resnet_tiny", seed=0, image_size=16)
-                att.load_state_dict(model.state_dict())
-                att.train(attacker_mode == "train")
-                regs = {"tv": 1e-3}
-                kw = {}
-                if prior != "none":
-                    regs["bn"] = 1e-2
-                    if prior == "batch":
-                        kw["bn_targets"] = batch_stats
-                r = run("ig", att, x, y, g, iterations=it, regularizers=regs,
-                        keep_images=True, **kw)
-                name = (f"client {client_mode}, attacker {attacker_mode}, "
-                        f"BN prior {prior}")
-                out["cases"][name] = r
-                print(f"bn {name}: {r['psnr']} dB", flush=True)
+def cheap() -> dict:
+    """Short fixed-length runs at 16x16 on one test image: ReLU at both inits."""
+    torch.set_num_threads(1)
+    xs, ys = lb.data.evaluation_set("test", size=16)
+    x, y = xs[:1], ys[:1] % 10
+    out = {}
+    for init in ("dlg", "default"):
+        model = lenet(16, 10, "relu", init)
+        g = lb.fl.shared_gradients(model, x, y)
+        d = idlg(model, g, tuple(x.shape), max_iter=25, max_time=None)
+        ig = inverting_gradients(model, g, tuple(x.shape), y, iterations=25)
+        out[init] = {"idlg": round(lb.metrics.psnr(d.images.clamp(0, 1), x), 2),
+                     "ig": round(lb.metrics.psnr(ig.images, x), 2)}
     return out
 
 
-def fusion(quick):
-    """IG on pairs with a duplicate label against pairs with distinct labels.
-
-    With one label for two images, the gradient cannot tell which image is
-    which; reconstructions drift towards the pair's average (fusion).
-    """
-    model = lenet(size=16)
-    rows = []
-    for s in range(1 if quick else 4):
-        for labs in ([3, 3], [3, 5]) if s % 2 == 0 else ([8, 8], [8, 1]):
-            x, y = lb.data.load("photos", 0, seed=500 + s, labels=labs, size=16)
-            g = shared(model, x, y)
-            r = run("ig", model, x, y, g, iterations=100 if quick else 600,
-                    regularizers={"tv": 1e-2}, keep_images=True)
-            x_hat = torch.tensor(r["images"], dtype=torch.float32) / 255
-            mean = x.mean(0, keepdim=True).expand_as(x)
-            r.update(labels=labs, seed=s, truth=as_uint8(x),
-                     psnr_to_average=round(lb.metrics.psnr(x_hat, mean), 2),
-                     psnr_truths_to_average=round(lb.metrics.psnr(x, mean), 2))
-            rows.append(r)
-            print(f"fusion {labs}: own {r['psnr']} dB, to average "
-                  f"{r['psnr_to_average']} dB", flush=True)
-    return rows
-
-
-SECTIONS = {"speed": speed, "reliability": reliability, "variations": variations,
-            "batches": batches, "batchnorm": batchnorm,
-            "fusion": fusion}
-
-
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="tiny settings, smoke test")
-    ap.add_argument("--only", nargs="*", choices=sorted(SECTIONS),
-                    help="sections to run")
-    ap.add_argument("--out", default=str(OUT))
-    ap.add_argument("--photos", type=int, default=1, help="photos in the speed section")
-    ap.add_argument("--size", type=int, default=16,
-                    help="image side in variations, batches")
-    ap.add_argument("--iters", type=int, default=500, help="iterations there")
-    args = ap.parse_args()
-    lb.seed_everything(0, threads=1)
-    path = Path(args.out)
-    result = json.loads(path.read_text()) if path.exists() and args.only else {}
-    for name in args.only or SECTIONS:
-        t = time.perf_counter()
-        load = os.getloadavg()[0]
-        extra = {"photos": args.photos} if name == "speed" else {}
-        if name in ("variations", "batches"):
-            extra = {"size": args.size, "iters": args.iters}
-        result[name] = SECTIONS[name](args.quick, **extra)
-        result.setdefault("seconds", {})[name] = round(time.perf_counter() - t, 1)
-        result.setdefault("load_average", {})[name] = [round(load, 2),
-                                                       round(os.getloadavg()[0], 2)]
-        result["meta"] = {"torch": torch.__version__,
-                          "python": platform.python_version(),
-                          "threads": torch.get_num_threads(), "quick": args.quick,
-                          "command": "PYTHONPATH=. python benchmarks/matching.py"}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, separators=(",", ":")))  # after each section
-        print(f"wrote {path} ({path.stat().st_size // 1024} kB)", flush=True)
+def main(names: list[str]) -> None:
+    run_sections(FILE, SECTIONS, names, cheap)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

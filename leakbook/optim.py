@@ -3,9 +3,10 @@
 A small float64 implementation on flat vectors: the compact representation of
 Byrd, Nocedal & Schnabel (a few matrix-vector products per step), an Armijo
 backtracking line search that shrinks tenfold on NaN, and stopping rules on a
-tolerance, a stall, an iteration cap and a time budget. ``torch.optim.LBFGS``
-spends about half of each iteration in bookkeeping at history 100 and has no
-line search by default; this one is the package's only quasi-Newton solver.
+tolerance, a stall, a time budget and an optional iteration cap.
+``torch.optim.LBFGS`` spends a large share of each iteration in bookkeeping at
+history 100 and has no line search by default; this one is the package's
+only quasi-Newton solver.
 """
 from __future__ import annotations
 
@@ -17,70 +18,105 @@ import numpy as np
 import torch
 from scipy.linalg import solve_triangular
 
+
 class _History:
     """L-BFGS curvature pairs in a ring buffer, in the compact (matrix) form.
 
     Byrd, Nocedal & Schnabel's representation of the inverse Hessian needs
-    only a few matrix-vector products per step instead of 2m small loops; the
-    m x m products S^T Y and Y^T Y are updated one row and column at a time.
+    only a few matrix-vector products per step instead of 2m small loops.
+    The pairs are stacked in one (2m, n) array [S; Y], so a step reads it
+    four times (products with g, the new s and the new y, one to combine),
+    and the m x m blocks S^T Y and Y^T Y are updated one row and column at a
+    time.
     """
 
     def __init__(self, n: int, size: int):
-        self.s, self.y = np.zeros((size, n)), np.zeros((size, n))
-        self.sy, self.yy = np.zeros((size, size)), np.zeros((size, size))
         self.size, self.count, self.head = size, 0, 0
+        self.pairs = np.zeros((2 * size, n))         # rows: s_0..s_{m-1}, y_0..y_{m-1}
+        self.gram = np.zeros((2 * size, 2 * size))   # inner products of those rows
+        self.order = np.zeros(0, dtype=int)          # filled slots, oldest first
 
     def push(self, s: np.ndarray, y: np.ndarray) -> None:
         sy = float(s @ y)
         if sy <= 1e-10 * float(y @ y):  # no positive curvature: skip the pair
             return
-        k = self.head
-        self.s[k], self.y[k] = s, y
-        self.sy[k, :], self.sy[:, k] = self.y @ s, self.s @ y
-        self.yy[k, :] = self.yy[:, k] = self.y @ y
-        self.head = (k + 1) % self.size
-        self.count = min(self.count + 1, self.size)
+        k, m = self.head, self.size
+        self.pairs[k], self.pairs[m + k] = s, y
+        ps, py = self.pairs @ s, self.pairs @ y  # two gemv beat one thin gemm
+        self.gram[:, k] = self.gram[k, :] = ps
+        self.gram[:, m + k] = self.gram[m + k, :] = py
+        self.head = (k + 1) % m
+        self.count = min(self.count + 1, m)
+        self.order = (self.head - self.count + np.arange(self.count)) % m
 
     def direction(self, g: np.ndarray) -> np.ndarray:
         """-H g (steepest descent, scaled, if the history is empty)."""
         if self.count == 0:
             return -g * min(1.0, 1.0 / max(np.abs(g).sum(), 1e-300))
-        idx = np.array([(self.head - self.count + i) % self.size
-                        for i in range(self.count)])  # oldest to newest
-        sy, yy = self.sy[np.ix_(idx, idx)], self.yy[np.ix_(idx, idx)]
+        m, idx = self.size, self.order
+        sy = self.gram[np.ix_(idx, m + idx)]        # s_i . y_j
+        yy = self.gram[np.ix_(m + idx, m + idx)]
         newest = idx[-1]
-        gamma = self.sy[newest, newest] / self.yy[newest, newest]
-        a, b = (self.s @ g)[idx], (self.y @ g)[idx]  # no copy of the buffers
+        gamma = self.gram[newest, m + newest] / self.gram[m + newest, m + newest]
+        v = self.pairs @ g
+        a, b = v[idx], v[m + idx]
         r = np.triu(sy)
         u = solve_triangular(r, a, lower=False)
         p1 = solve_triangular(r, np.diag(sy) * u + gamma * (yy @ u) - gamma * b,
                               lower=False, trans="T")
-        cs, cy = np.zeros(self.size), np.zeros(self.size)
-        cs[idx], cy[idx] = p1, -gamma * u
-        return -(gamma * g + cs @ self.s + cy @ self.y)
+        c = np.zeros(2 * m)
+        c[idx], c[m + idx] = p1, -gamma * u
+        return -(gamma * g + c @ self.pairs)
 
     def reset(self) -> None:
-        self.count = 0
+        self.count, self.order = 0, np.zeros(0, dtype=int)
 
 
-def lbfgs(fun: Callable, z0: torch.Tensor, max_iter: int = 500, history: int = 100,
-          tol: float = 0.0, stall: int | None = 50, max_time: float | None = None,
-          callback: Callable | None = None) -> dict:
+def _check_options(max_iter, history, tol, stall, max_time) -> None:
+    if max_iter is not None and (not isinstance(max_iter, int) or max_iter < 0):
+        raise ValueError(f"max_iter must be None or an integer >= 0, got {max_iter!r}")
+    if not isinstance(history, int) or history < 1:
+        raise ValueError(f"history must be a positive integer, got {history!r}")
+    if not tol >= 0:
+        raise ValueError(f"tol must be >= 0, got {tol!r}")
+    if stall is not None and (not isinstance(stall, int) or stall < 1):
+        raise ValueError(f"stall must be None or a positive integer, got {stall!r}")
+    if max_time is not None and not max_time >= 0:
+        raise ValueError(f"max_time must be None or >= 0 seconds, got {max_time!r}")
+
+
+def lbfgs(fun: Callable, z0: torch.Tensor, max_iter: int | None = 500,
+          history: int = 100, tol: float = 0.0, stall: int | None = 50,
+          max_time: float | None = None, callback: Callable | None = None, *,
+          stall_decrease: float = 1e-3) -> dict:
     """Minimise ``fun(z) -> (f, grad)`` by L-BFGS with a backtracking line search.
 
-    z0: (n,) start. Stops when f <= tol, after ``stall`` iterations without a
-    1e-3 relative decrease of the best f (never if None), at ``max_iter``, or after
-    ``max_time`` seconds. Returns dict(z, f, history, status, evaluations).
-    Status "diverged" means f became NaN/infinite or grew 1e6-fold.
+    z0: (n,) start (used in float64). Stops when f <= tol ("converged"), after
+    ``stall`` iterations in which the best f did not fall by the fraction
+    ``stall_decrease`` ("stalled"; never if None), after ``max_time`` seconds
+    ("time"), or at ``max_iter`` iterations ("max_iter"; no cap if None).
+    callback(iteration, z, f) after every iteration.
+    Returns dict(z, f, history, status, evaluations, iterations, seconds).
+    Status "diverged" means f became NaN/infinite or grew 1e6-fold; "line
+    search failed" that 25 backtracking steps found no decrease.
     """
-    z = z0.detach().clone()
+    _check_options(max_iter, history, tol, stall, max_time)
+    start = time.perf_counter()
+    z = z0.detach().to(torch.float64).flatten().clone()
     f, g = fun(z)
+    hist, evals = [f], 1
+
+    def result(zz, status):
+        return {"z": torch.from_numpy(zz) if isinstance(zz, np.ndarray) else zz,
+                "f": f, "history": hist, "status": status, "evaluations": evals,
+                "iterations": len(hist) - 1, "seconds": time.perf_counter() - start}
+
     if not math.isfinite(f):
-        return {"z": z, "f": f, "history": [f], "status": "diverged", "evaluations": 1}
-    mem, hist, evals = _History(z.numel(), history), [f], 1
-    zn, gn = z.numpy(), g.numpy()
-    best, since, start, status = f, 0, time.perf_counter(), "max_iter"
-    for it in range(max_iter):
+        return result(z, "diverged")
+    mem = _History(z.numel(), history)
+    zn, gn = z.numpy(), g.detach().to(torch.float64).numpy()
+    best, since, status, it = f, 0, "max_iter", 0
+    while max_iter is None or it < max_iter:
         d = mem.direction(gn)
         gtd = float(gn @ d)
         if not gtd < 0:  # not a descent direction: forget the curvature
@@ -97,19 +133,20 @@ def lbfgs(fun: Callable, z0: torch.Tensor, max_iter: int = 500, history: int = 1
         if not accepted:
             status = "line search failed"
             break
-        z_new = zn + t * d
-        mem.push(z_new - zn, g_new.numpy() - gn)
-        zn, gn, f = z_new, g_new.numpy(), f_new
+        z_new, g_new = zn + t * d, g_new.detach().to(torch.float64).numpy()
+        mem.push(z_new - zn, g_new - gn)
+        zn, gn, f = z_new, g_new, f_new
         hist.append(f)
         if callback is not None:
             callback(it, torch.from_numpy(zn), f)
+        it += 1
         if f <= tol:
             status = "converged"
             break
         if f > 1e6 * hist[0]:
             status = "diverged"
             break
-        if f < best * (1 - 1e-3):
+        if f < best * (1 - stall_decrease):
             best, since = f, 0
         else:
             since += 1
@@ -119,5 +156,4 @@ def lbfgs(fun: Callable, z0: torch.Tensor, max_iter: int = 500, history: int = 1
         if max_time is not None and time.perf_counter() - start > max_time:
             status = "time"
             break
-    return {"z": torch.from_numpy(zn), "f": f, "history": hist, "status": status,
-            "evaluations": evals}
+    return result(zn, status)

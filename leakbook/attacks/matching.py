@@ -56,7 +56,8 @@ def _check_labels(labels, batch: int) -> torch.Tensor:
 
 
 def _attack_model(model: torch.nn.Module, dtype) -> torch.nn.Module:
-    """A private copy of the model in ``dtype`` whose weights need no gradient."""
+    """A private copy of the model in ``dtype``: the attack may run it in any mode
+    and differentiate through its weights without touching the caller's model."""
     net = copy.deepcopy(model).to(dtype)
     for p in net.parameters():
         p.requires_grad_(True)
@@ -110,10 +111,32 @@ def _dlg_objective(net, target, shape, labels, num_classes, loss):
     return fun
 
 
+#: DLG's defaults, chosen on the dev split (benchmarks/matching_tuning.py):
+#: a grey start, a history of 200 pairs, stop at a relative distance of 1e-10.
+DLG_DEFAULTS = {"init": "gray", "history": 200, "rel_tol": 1e-10, "stall": 100,
+                "max_time": 300.0}
+
+
+def _dlg_start(n_img: int, n_lab: int, init: str, gen: torch.Generator):
+    """The flat start [images, label logits]: images by ``init``, logits N(0, 1)."""
+    if init == "randn":  # DLG's code: N(0, 1) pixels
+        img = torch.randn(n_img, generator=gen, dtype=torch.float64)
+    elif init == "rand":
+        img = torch.rand(n_img, generator=gen, dtype=torch.float64)
+    elif init == "gray":  # mid-grey with a little noise, so restarts differ
+        img = 0.5 + 0.01 * torch.randn(n_img, generator=gen, dtype=torch.float64)
+    else:
+        raise ValueError(f"unknown init {init!r}; choose 'gray', 'rand' or 'randn'")
+    return torch.cat([img, torch.randn(n_lab, generator=gen, dtype=torch.float64)])
+
+
 def dlg(model: torch.nn.Module, grads, shape, labels=None, *, loss="ce",
-        max_iter: int = 1000, history: int = 50, rel_tol: float = 1e-12,
+        max_iter: int | None = None, history: int = DLG_DEFAULTS["history"],
+        rel_tol: float = DLG_DEFAULTS["rel_tol"],
+        stall: int | None = DLG_DEFAULTS["stall"], init: str = DLG_DEFAULTS["init"],
         restarts: int = 1, max_restarts: int = 4, seed: int = 0,
-        dtype: torch.dtype = torch.float64, max_time: float | None = None,
+        dtype: torch.dtype = torch.float64,
+        max_time: float | None = DLG_DEFAULTS["max_time"],
         callback: Callable | None = None) -> Reconstruction:
     """Deep leakage from gradients: L2 gradient matching by L-BFGS.
 
@@ -122,33 +145,42 @@ def dlg(model: torch.nn.Module, grads, shape, labels=None, *, loss="ce",
     shape: (B, C, H, W) of the data to reconstruct.
     labels: (B,) integer labels if known (iDLG: recovered first); when None
         they are optimised jointly as soft labels softmax(v), as published.
-    Stops when the distance falls below ``rel_tol * ||g*||^2``, when it stalls,
-    or at ``max_iter``. A run that diverges (NaN, blow-up) or fails its line
-    search is restarted from a fresh seed, up to ``max_restarts`` extra times.
-    ``restarts`` independent runs are made and the one with the least gradient
-    distance is returned (never chosen by the truth).
+    Stopping: when the distance falls below ``rel_tol * ||g*||^2``
+    ("converged"), when it has not fallen by 0.1 % in ``stall`` iterations
+    ("stalled"), after ``max_time`` seconds for all runs together ("time"), or
+    at ``max_iter`` iterations if given. init: the images' start, "gray"
+    (0.5 + 0.01 N(0, 1)), "rand" (U(0, 1)) or "randn" (N(0, 1), DLG's code);
+    label logits start N(0, 1). history: L-BFGS pairs kept.
+    A run that diverges (NaN, blow-up) or fails its line search is restarted
+    from a fresh seed, up to ``max_restarts`` extra times. ``restarts``
+    independent runs are made and the one with the least gradient distance
+    is returned (never chosen by the truth).
     callback(iteration, images (B, C, H, W), distance) is called each iteration.
     Returns a Reconstruction: images (B, C, H, W) in float32 (not clamped),
     labels (B,), loss_history of the chosen run; stats with the status, the
     final distance of every run, the evaluations and the soft labels.
+    Taught in chapter 04.
     """
     grads = check_grads(model, grads)
     shape = _check_shape(model, shape)
-    if restarts < 1:
-        raise ValueError(f"restarts must be at least 1, got {restarts}")
+    if not isinstance(restarts, int) or restarts < 1:
+        raise ValueError(f"restarts must be a positive integer, got {restarts!r}")
+    if not rel_tol >= 0:
+        raise ValueError(f"rel_tol must be >= 0, got {rel_tol!r}")
     net = _attack_model(model, dtype)
     num_classes = net(torch.zeros(shape, dtype=dtype)).shape[1]
     if labels is not None:
         labels = _check_labels(labels, shape[0])
         if ((labels < 0) | (labels >= num_classes)).any():
             raise ValueError(f"labels must lie in 0..{num_classes - 1}")
-    target = [g.detach().to(dtype) for g in grads]
-    scale = float(sum((t * t).sum() for t in target))
+    target = [g.detach().to(dtype).clone() for g in grads]
+    scale = float(sum((t.double() ** 2).sum() for t in target))
     if scale == 0.0:
         raise ValueError("the shared gradient is all zeros: nothing to match")
     fun = _dlg_objective(net, target, shape, labels, num_classes, loss)
     n_img = math.prod(shape)
-    n_var = n_img + (0 if labels is not None else shape[0] * num_classes)
+    n_lab = 0 if labels is not None else shape[0] * num_classes
+    _dlg_start(1, 0, init, torch.Generator())  # reject a bad init before any work
 
     def cb(it, z, f):
         if callback is not None:
@@ -158,9 +190,10 @@ def dlg(model: torch.nn.Module, grads, shape, labels=None, *, loss="ce",
     while len(runs) < restarts:
         gen = torch.Generator().manual_seed(seed + trial)
         trial += 1
-        z0 = torch.randn(n_var, generator=gen, dtype=torch.float64)
-        left = None if max_time is None else max_time - (time.perf_counter() - t0)
-        run = lbfgs(fun, z0, max_iter, history, rel_tol * scale, max_time=left,
+        z0 = _dlg_start(n_img, n_lab, init, gen)
+        left = None if max_time is None else max(
+            0.0, (max_time - (time.perf_counter() - t0)) / (restarts - len(runs)))
+        run = lbfgs(fun, z0, max_iter, history, rel_tol * scale, stall, left,
                     callback=cb)
         bad = run["status"] in ("diverged", "line search failed") or \
             not math.isfinite(run["f"])
@@ -186,7 +219,8 @@ def dlg(model: torch.nn.Module, grads, shape, labels=None, *, loss="ce",
         stats={"status": run["status"], "final_distance": run["f"],
                "relative_distance": run["f"] / scale,
                "run_distances": [r["f"] for r in runs], "chosen_run": best,
-               "diverged_runs": failures,
+               "run_status": [r["status"] for r in runs],
+               "diverged_runs": failures, "iterations": run["iterations"],
                "evaluations": sum(r["evaluations"] for r in runs),
                "soft_labels": soft, "labels_given": labels is not None})
 
@@ -277,14 +311,46 @@ def _restart_images(shape, gen, init: str, dtype) -> torch.Tensor:
     raise ValueError(f"unknown init {init!r}; choose 'rand', 'randn' or 'gray'")
 
 
-def _ig_run(net, target, shape, labels, loss, weights, ctx, x0, iterations, lr,
-            signed, boxed, decay, callback):
+class _Plateau:
+    """Step decay on plateaus: divide the step by 10 when the objective has not
+    fallen by 0.1 % in ``patience`` steps; after ``drops`` decays, the next
+    plateau ends the run. Inverting gradients' published schedule divides at
+    3/8, 5/8 and 7/8 of a fixed budget; this one needs no budget."""
+
+    def __init__(self, opt, patience: int, drops: int = 3):
+        self.opt, self.patience, self.drops = opt, patience, drops
+        self.best, self.since, self.done_drops = math.inf, 0, 0
+
+    def step(self, value: float) -> bool:
+        """Record the objective; False when the run should stop."""
+        if value < self.best * (1 - 1e-3):
+            self.best, self.since = value, 0
+            return True
+        self.since += 1
+        if self.since < self.patience:
+            return True
+        if self.done_drops == self.drops:
+            return False
+        for group in self.opt.param_groups:
+            group["lr"] *= 0.1
+        self.done_drops, self.since = self.done_drops + 1, 0
+        return True
+
+
+def _ig_run(net, target, labels, loss, weights, ctx, x0, opts, callback):
+    """One restart of signed Adam; opts: iterations, lr, signed, boxed, decay,
+    tol, patience, max_time. Returns (images, final distance, history, status)."""
     x = x0.clone().requires_grad_(True)
-    opt = torch.optim.Adam([x], lr=lr)
-    milestones = [int(iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)] if decay else []
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=0.1)
-    hist = []
-    for it in range(iterations):
+    opt = torch.optim.Adam([x], lr=opts["lr"])
+    fixed = opts["iterations"] is not None
+    if fixed:
+        marks = [int(opts["iterations"] * f) for f in (3 / 8, 5 / 8, 7 / 8)]
+        sched = torch.optim.lr_scheduler.MultiStepLR(
+            opt, marks if opts["decay"] else [], gamma=0.1)
+    else:
+        plateau = _Plateau(opt, opts["patience"], 3 if opts["decay"] else 0)
+    start, hist, it, status = time.perf_counter(), [], 0, "iterations"
+    while not fixed or it < opts["iterations"]:
         opt.zero_grad()
         ctx["bn_seen"].clear()
         dist = gradient_distance(net, x, labels, target, "cosine", loss)
@@ -292,29 +358,51 @@ def _ig_run(net, target, shape, labels, loss, weights, ctx, x0, iterations, lr,
         if not torch.isfinite(obj):
             raise RuntimeError(f"inverting gradients: objective became {float(obj)} at "
                                f"iteration {it}")
+        hist.append(float(dist.detach()))
+        if hist[-1] <= opts["tol"]:
+            status = "converged"
+            break
         obj.backward()
-        if signed:
+        if opts["signed"]:
             x.grad.sign_()
         opt.step()
-        sched.step()
-        if boxed:
+        if opts["boxed"]:
             with torch.no_grad():
                 x.clamp_(0, 1)
-        hist.append(float(dist.detach()))
         if callback is not None:
             callback(it, x.detach(), hist[-1])
+        it += 1
+        if fixed:
+            sched.step()
+        elif not plateau.step(float(obj.detach())):
+            status = "stalled"
+            break
+        if opts["max_time"] is not None and \
+                time.perf_counter() - start > opts["max_time"]:
+            status = "time"
+            break
     ctx["bn_seen"].clear()
-    final = gradient_distance(net, x.detach(), labels, target, "cosine", loss)
-    final = float(final.detach())
+    final = float(gradient_distance(net, x.detach(), labels, target, "cosine",
+                                    loss).detach())
     ctx["bn_seen"].clear()
-    return x.detach(), final, hist
+    return x.detach(), final, hist, status
+
+
+#: Inverting gradients' defaults, chosen on the dev split
+#: (benchmarks/matching_tuning.py).
+IG_DEFAULTS = {"lr": 0.1, "tv": 1e-3, "patience": 50, "tol": 1e-6, "restarts": 1,
+               "max_time": 300.0}
 
 
 def inverting_gradients(model: torch.nn.Module, grads, shape, labels, *, loss="ce",
-                        iterations: int = 1000, lr: float = 0.1,
-                        regularizers: dict | None = None, restarts: int = 1,
+                        iterations: int | None = None, lr: float = IG_DEFAULTS["lr"],
+                        regularizers: dict | None = None,
+                        restarts: int = IG_DEFAULTS["restarts"],
                         seed: int = 0, signed: bool = True, boxed: bool = True,
                         decay: bool = True, init: str = "rand",
+                        patience: int = IG_DEFAULTS["patience"],
+                        tol: float = IG_DEFAULTS["tol"],
+                        max_time: float | None = IG_DEFAULTS["max_time"],
                         bn_targets: list | None = None,
                         dtype: torch.dtype = torch.float32,
                         callback: Callable | None = None) -> Reconstruction:
@@ -322,30 +410,42 @@ def inverting_gradients(model: torch.nn.Module, grads, shape, labels, *, loss="c
 
     model: the shared model, used in the mode it is in (train/eval).
     grads: the shared gradient; shape: (B, C, H, W); labels: (B,) integers.
-    regularizers: {name in REGULARIZERS: weight}, default {"tv": 1e-4}.
+    regularizers: {name in REGULARIZERS: weight}, default {"tv": IG_DEFAULTS["tv"]}.
     bn_targets: [(mean, var)] per BN layer for the "bn" prior (default: the
         model's running statistics, which is what a server holds).
     Each restart starts from init ("rand" uniform, "randn", "gray") drawn from
-    seed + r, takes ``iterations`` Adam steps on sign(grad) with step size lr,
-    divided by 10 at 3/8, 5/8 and 7/8 of the run, and clamps to [0, 1].
+    seed + r and takes Adam steps of size lr on sign(grad), clamping to [0, 1].
+    Stopping and schedule: by default (iterations=None) the step is divided
+    by 10 when the objective has not fallen by 0.1 % in ``patience`` steps,
+    and the run ends at the plateau after the third division ("stalled"),
+    when the cosine distance falls below ``tol`` ("converged"), or when its
+    share of ``max_time`` seconds is spent ("time"). With ``iterations`` set,
+    the published schedule: that many steps, the step divided by 10 at 3/8,
+    5/8 and 7/8 of them (decay=False keeps it constant).
     The restart with the least cosine distance (priors excluded) is returned;
     the truth is never read. callback(iteration, images, distance).
     Returns a Reconstruction with images (B, C, H, W) in [0, 1], the given
     labels, the chosen run's distance history, and stats with every restart's
-    final distance and images.
+    final distance, status and images. Taught in chapter 05.
     """
     grads = check_grads(model, grads)
     shape = _check_shape(model, shape)
     labels = _check_labels(labels, shape[0])
-    weights = {"tv": 1e-4} if regularizers is None else dict(regularizers)
+    weights = {"tv": IG_DEFAULTS["tv"]} if regularizers is None else dict(regularizers)
     unknown = set(weights) - set(REGULARIZERS)
     if unknown:
         raise ValueError(f"unknown regularizers {sorted(unknown)}; "
                          f"known: {sorted(REGULARIZERS)}")
-    if restarts < 1 or iterations < 1:
-        raise ValueError("restarts and iterations must be at least 1")
+    if not isinstance(restarts, int) or restarts < 1:
+        raise ValueError(f"restarts must be a positive integer, got {restarts!r}")
+    if iterations is not None and (not isinstance(iterations, int) or iterations < 1):
+        raise ValueError(f"iterations must be None or a positive integer, "
+                         f"got {iterations!r}")
+    if not isinstance(patience, int) or patience < 1:
+        raise ValueError(f"patience must be a positive integer, got {patience!r}")
+    _restart_images((1,), torch.Generator(), init, dtype)  # reject a bad init early
     net = _attack_model(model, dtype)
-    target = [g.detach().to(dtype) for g in grads]
+    target = [g.detach().to(dtype).clone() for g in grads]
     if all(float(t.abs().sum()) == 0 for t in target):
         raise ValueError("the shared gradient is all zeros: nothing to match")
     ctx: dict = {"model": net, "bn_seen": []}
@@ -358,22 +458,28 @@ def inverting_gradients(model: torch.nn.Module, grads, shape, labels, *, loss="c
         ctx["bn_targets"] = [(m.detach().to(dtype).clone(),
                               v.detach().to(dtype).clone())
                              for m, v in ctx["bn_targets"]]
+    opts = {"iterations": iterations, "lr": lr, "signed": signed, "boxed": boxed,
+            "decay": decay, "tol": tol, "patience": patience}
     t0, runs = time.perf_counter(), []
     try:
         for r in range(restarts):
             gen = torch.Generator().manual_seed(seed + r)
             x0 = _restart_images(shape, gen, init, dtype)
-            runs.append(_ig_run(net, target, shape, labels, loss, weights, ctx, x0,
-                                iterations, lr, signed, boxed, decay, callback))
+            opts["max_time"] = None if max_time is None else max(
+                0.0, (max_time - (time.perf_counter() - t0)) / (restarts - r))
+            runs.append(_ig_run(net, target, labels, loss, weights, ctx, x0, opts,
+                                callback))
     finally:
         for h in hooks:
             h.remove()
-    finals = [f for _, f, _ in runs]
+    finals = [r[1] for r in runs]
     best = int(np.argmin(finals))
-    x, _, hist = runs[best]
+    x, _, hist, status = runs[best]
     return Reconstruction(
         images=x.float(), labels=labels, loss_history=hist,
         wall_time=time.perf_counter() - t0,
-        stats={"final_distance": finals[best], "run_distances": finals,
-               "chosen_run": best, "run_images": [r[0].float() for r in runs],
+        stats={"status": status, "final_distance": finals[best],
+               "run_distances": finals, "run_status": [r[3] for r in runs],
+               "iterations": len(hist), "chosen_run": best,
+               "run_images": [r[0].float() for r in runs],
                "regularizers": weights})
