@@ -42,8 +42,8 @@ def converted() -> list[tuple]:
 def table() -> str:
     """The markdown table of the converted exercises."""
     spec = C.points()
-    lines = ["| chapter | exercise | kind | points | difficulty | minutes | "
-             "compute (s) |", "|---|---|---|---|---|---|---|"]
+    lines = ["| chapter | exercise | kind | points | level | min | "
+             "CPU (s) |", "|---|---|---|---|---|---|---|"]
     for path, nb, lay in converted():
         for ex in lay.exercises:
             s = spec[ex.label]
