@@ -272,7 +272,8 @@ def target_digits(task: FederatedTask,
     Returns x (10, C, H, W) and y (10,) = 0..9. Taught in chapter 10.
     """
     if split not in TARGET_SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose one of {tuple(TARGET_SPLITS)}")
+        raise ValueError(f"unknown split {split!r}; "
+                         f"choose one of {tuple(TARGET_SPLITS)}")
     k = TARGET_SPLITS[split]
     idx = [int((task.y_train == c).nonzero()[k]) for c in range(10)]
     return task.x_train[idx].clone(), task.y_train[idx].clone()

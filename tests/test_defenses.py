@@ -159,7 +159,8 @@ def test_digits_task_split_and_targets():
     every = torch.cat(t8.clients).sort().values
     assert torch.equal(every, torch.arange(1200)) and len(t8.clients) == 100
     dev, test = D.target_digits(t16, "dev"), D.target_digits(t16, "test")
-    assert torch.equal(dev[1], torch.arange(10)) and torch.equal(test[1], torch.arange(10))
+    assert torch.equal(dev[1], torch.arange(10))
+    assert torch.equal(test[1], torch.arange(10))
     assert not any(torch.equal(a, b) for a in dev[0] for b in test[0])
     # every target is a training digit of its class
     for img, c in zip(*test):
