@@ -34,6 +34,8 @@ digits.
 """
 from __future__ import annotations
 
+import json
+import sys
 import time
 
 import torch
@@ -42,7 +44,7 @@ import leakbook as lb
 from leakbook import defenses as D
 from leakbook.attacks import labels as L
 
-from .common import command_line, provenance, write
+from .common import DATA, command_line, finish, load, provenance, write
 
 ROUNDS = 600          # FedSGD rounds for utility and for the trained checkpoint
 CLIENTS = 10          # clients per round (of NUM_CLIENTS)
@@ -261,7 +263,55 @@ def cheap() -> dict:
     return out
 
 
+def _row_setting(row) -> tuple[str, object, dict]:
+    """(defence, strength, training keywords) of a stored row."""
+    if row["defence"] == "batch_size":
+        return "none", None, {"batch_size": row["strength"]}
+    if row["defence"] == "local_steps":
+        return "none", None, {"local_steps": row["strength"]}
+    return row["defence"], row["strength"], {}
+
+
+def utility_refresh(name: str = "defenses_bench.json") -> None:
+    """Re-train every stored row for each of UTILITY_SEEDS (utility only).
+
+    ``python -m benchmarks.defenses --utility``: the leakage numbers and their
+    provenance stay; each row's accuracy becomes the mean over the seeds, and
+    the run's own provenance is stored as "utility_provenance". Seed 0 must
+    reproduce the stored single-seed accuracy (the leakage run's model).
+    """
+    torch.set_num_threads(1)
+    lb.seed_everything(0, threads=1)
+    record = provenance(command_line())
+    data = load(name)
+    ts = tasks()
+    cs = data["settings"]["clip_bound"]
+    for row in data["rows"]:
+        d, s, kw = _row_setting(row)
+        m = row["model"]
+        runs = [train(m, ts[m], defence(d, s, cs[m]), seed=seed, **kw)
+                for seed in UTILITY_SEEDS]
+        accs = [round(a, 4) for _, a, _ in runs]
+        if abs(accs[0] - row["accuracies"][0]) > 1e-4:
+            raise RuntimeError(f"seed 0 of {m} {row['defence']} {row['strength']} "
+                               f"gives {accs[0]}, stored {row['accuracies'][0]}")
+        row.update(accuracy=round(sum(accs) / len(accs), 4), accuracies=accs,
+                   diverged=[dv for _, _, dv in runs])
+        print(m, row["defence"], row["strength"], accs, flush=True)
+    data["settings"]["utility_seeds"] = UTILITY_SEEDS
+    data["utility_provenance"] = finish(record)
+    body = {k: v for k, v in data.items() if k not in ("provenance", "cheap")}
+    out = DATA / name
+    out.write_text(json.dumps({"provenance": data["provenance"],
+                               "cheap": data["cheap"], **body},
+                              separators=(",", ":")) + "\n")
+    print(f"wrote {out}")
+
+
 def main() -> None:
+    if "--utility" in sys.argv:
+        utility_refresh()
+        return
     torch.set_num_threads(1)
     lb.seed_everything(0, threads=1)
     record = provenance(command_line())
