@@ -1,6 +1,7 @@
 """Leakage against utility for every defence of chapter 10, on one federated task.
 
     python -m benchmarks.defenses   # -> chapters/data/defenses_bench.json
+    python -m benchmarks.defenses --utility   # only re-train for UTILITY_SEEDS
 
 The task (``leakbook.defenses.digits_task``): the scikit-learn digits, 1200
 training digits dealt to 100 IID clients (12 each), 597 held out. Training is
