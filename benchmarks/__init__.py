@@ -17,4 +17,5 @@ REGISTRY = {
     "inverting": "inverting_bench.json",
     "tensor": "tensor_bench.json",
     "labels": "labels_bench.json",
+    "defenses": "defenses_bench.json",
 }
