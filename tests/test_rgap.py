@@ -173,7 +173,7 @@ def test_clear_errors():
     with pytest.raises(ValueError, match="input_shape"):
         rgap(net, g, [1], input_shape=None)
     with pytest.raises(ValueError, match="receives shape"):
-        rgap(net, g, [1], input_shape=(3, 12, 12))
+        rgap(net, g, [1], input_shape=(3, 16, 16))
     with pytest.raises(ValueError, match="label"):
         rgap(net, g, None, input_shape=(3, 8, 8))
     pooled = nn.Sequential(nn.Conv2d(1, 2, 3), nn.MaxPool2d(2), nn.Flatten(),

@@ -43,7 +43,7 @@ from torch import nn
 from ..optim import lbfgs
 from .layer_system import LayerSystem
 from .layers import Block
-from .linear_systems import patch_indices
+from .linear_systems import conv_csr, patch_indices
 from .recursive import (_prepare, check_one_sample, invert_head, layer_system,
                         step_down)
 from .result import Reconstruction
@@ -142,29 +142,6 @@ def fill_blind(image: torch.Tensor, blind: torch.Tensor, how="mean") -> torch.Te
 # --- the joint fit of layers 0..t ---------------------------------------------------
 
 
-def _conv_csr(layer: nn.Conv2d, in_shape, values: torch.Tensor, by_output: bool):
-    """Sparse matrix of a conv's taps: the forward matrix A (rows (o, l), values
-    W[o, m]) if ``by_output``, else the gradient matrix K (rows (o, m), values
-    delta[o, l]); columns are the input entries tap m reads at position l."""
-    idx = patch_indices(layer, in_shape).numpy()                     # (M, L)
-    o = layer.out_channels
-    m, n_pos = idx.shape
-    keep = idx >= 0
-    oo = np.arange(o)[:, None, None]
-    if by_output:
-        rows = oo * n_pos + np.arange(n_pos)[None, None, :]
-        vals = values.detach().reshape(o, m).numpy()[:, :, None]
-        shape = (o * n_pos, math.prod(in_shape))
-    else:
-        rows = oo * m + np.arange(m)[None, :, None]
-        vals = values.detach().reshape(o, n_pos).numpy()[:, None, :]
-        shape = (o * m, math.prod(in_shape))
-    rows, vals = np.broadcast_to(rows, (o, m, n_pos)), np.broadcast_to(vals, (o, m, n_pos))
-    cols = np.broadcast_to(idx, (o, m, n_pos))
-    sel = np.broadcast_to(keep, (o, m, n_pos))
-    return sp.csr_matrix((vals[sel], (rows[sel], cols[sel])), shape=shape)
-
-
 class _JointFit:
     """Residuals r(x) of layers 0..t at an image x, their analytic Jacobian, and the
     preconditioned L-BFGS that drives them to zero. x is flat (n_in of layer 0);
@@ -234,7 +211,7 @@ class _JointFit:
             if isinstance(layer, nn.Linear):
                 self._cache[j] = sp.csr_matrix(layer.weight.detach().numpy())
             else:
-                self._cache[j] = _conv_csr(layer, part.in_shape, layer.weight, True)
+                self._cache[j] = conv_csr(layer, part.in_shape, layer.weight)
         return self._cache[j]
 
     def _grad_matrix(self, j, delta):
@@ -243,7 +220,7 @@ class _JointFit:
         if isinstance(layer, nn.Linear):
             return sp.kron(sp.csr_matrix(delta.reshape(-1, 1).numpy()),
                            sp.identity(part.n_in), format="csr")
-        return _conv_csr(layer, part.in_shape, delta, False)
+        return conv_csr(layer, part.in_shape, delta, gradient=True)
 
     def _patch_matrix(self, j, x):
         """U with U delta_j = dW_j (flat): dW is bilinear in (x_j, delta_j)."""

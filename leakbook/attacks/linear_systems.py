@@ -11,6 +11,10 @@ Padding never enters as an unknown: padded positions are zeros and drop out.
 """
 from __future__ import annotations
 
+import math
+
+import numpy as np
+import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -99,3 +103,29 @@ def unread_pixels(conv: nn.Conv2d, input_shape) -> torch.Tensor:
     seen = torch.zeros(input_shape[0] * input_shape[1] * input_shape[2], dtype=torch.bool)
     seen[idx[idx >= 0]] = True
     return ~seen.reshape(tuple(input_shape))
+
+
+def conv_csr(conv: nn.Conv2d, input_shape, values: torch.Tensor,
+             gradient: bool = False) -> sp.csr_matrix:
+    """``conv_matrix`` (values = the weight) or, with ``gradient``,
+    ``conv_gradient_matrix`` (values = delta) as a SciPy CSR matrix, built
+    directly from the tap indices (fast, for large layers)."""
+    idx = patch_indices(conv, input_shape).numpy()                   # (M, L)
+    o = conv.out_channels
+    m, n_pos = idx.shape
+    oo = np.arange(o)[:, None, None]
+    values = values.detach().double()
+    if gradient:
+        rows = oo * m + np.arange(m)[None, :, None]
+        vals = values.reshape(o, n_pos).numpy()[:, None, :]
+        n_rows = o * m
+    else:
+        rows = oo * n_pos + np.arange(n_pos)[None, None, :]
+        vals = values.reshape(o, m).numpy()[:, :, None]
+        n_rows = o * n_pos
+    full = (o, m, n_pos)
+    sel = np.broadcast_to(idx >= 0, full)
+    return sp.csr_matrix((np.broadcast_to(vals, full)[sel],
+                          (np.broadcast_to(rows, full)[sel],
+                           np.broadcast_to(idx, full)[sel])),
+                         shape=(n_rows, math.prod(input_shape)))

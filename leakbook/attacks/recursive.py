@@ -55,14 +55,14 @@ def _prepare(model: nn.Module, grads, input_shape, clip: float, branch: str = "s
         raise ValueError(f"branch must be one of {BRANCHES}, got {branch!r}")
     if not 0 < clip < 0.5:
         raise ValueError(f"clip must be in (0, 0.5), got {clip!r}")
-    if all(not bool(g.ne(0).any()) for g in grads):
-        raise ValueError("every gradient is zero: there is nothing to invert (a "
-                         "saturated loss or an all-zero update)")
     net = copy.deepcopy(model).double()
     for p in net.parameters():
         p.requires_grad_(False)
     parts = blocks(net, input_shape)
     acts = activations_of(parts, clip)
+    if all(not bool(g.ne(0).any()) for g in grads):
+        raise ValueError("every gradient is zero: there is nothing to invert (a "
+                         "saturated loss or an all-zero update)")
     return net, parts, acts, [g.detach().double() for g in grads]
 
 
