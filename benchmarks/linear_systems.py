@@ -55,7 +55,8 @@ def _scores(x_hat: torch.Tensor, x: torch.Tensor) -> dict:
 def _timed(fn):
     wall, cpu = time.perf_counter(), time.process_time()
     out = fn()
-    return out, round(time.perf_counter() - wall, 2), round(time.process_time() - cpu, 2)
+    return (out, round(time.perf_counter() - wall, 2),
+            round(time.process_time() - cpu, 2))
 
 
 def logistic_label(net, x) -> torch.Tensor:
@@ -117,7 +118,8 @@ def copa_case(name: str, x: torch.Tensor, size: int, label: int | None) -> dict:
     g = lb.fl.shared_gradients(net, xin, y, loss=loss)
     shift = 0.0 if logistic else 0.5
     out = {}
-    rec, wall, cpu = _timed(lambda: rgap(net, g, y, input_shape=shape, diagnostics=False))
+    rec, wall, cpu = _timed(lambda: rgap(net, g, y, input_shape=shape,
+                                         diagnostics=False))
     out["rgap"] = {**_scores(rec.images + shift, x), "wall": wall, "cpu": cpu}
     rec, wall, cpu = _timed(lambda: copa(net, g, y, input_shape=shape, fill=None,
                                          max_time=None))

@@ -34,7 +34,8 @@ TOLERANCE = {"rel": 0.0, "abs": 0.05}
 
 
 def _psnr(x_hat, x, shift: float) -> float:
-    return round(min(lb.metrics.report(x_hat + shift, x, reorder=False)["psnr"], 300.0), 3)
+    psnr = lb.metrics.report(x_hat + shift, x, reorder=False)["psnr"]
+    return round(min(psnr, 300.0), 3)
 
 
 def case(name: str, x: torch.Tensor, label: int | None, size: int = 32,

@@ -43,7 +43,8 @@ ACTIVATIONS = {
 def make_activation(name: str) -> nn.Module:
     """A fresh activation module by name (see ``ACTIVATIONS``)."""
     if name not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
+        raise ValueError(f"unknown activation {name!r}; "
+                         f"choose one of {sorted(ACTIVATIONS)}")
     return ACTIVATIONS[name]()
 
 
@@ -65,7 +66,8 @@ def _conv_stack(spec, in_channels: int, image_size: int, act: str, bias: bool):
 def _cnn(spec, in_channels, image_size, num_classes, act, bias, head_bias=None):
     layers, features = _conv_stack(spec, in_channels, image_size, act, bias)
     head_bias = bias if head_bias is None else head_bias
-    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(features, num_classes, bias=head_bias))
+    return nn.Sequential(*layers, nn.Flatten(),
+                         nn.Linear(features, num_classes, bias=head_bias))
 
 
 def lenet_dlg(in_channels=3, image_size=32, num_classes=10, activation="sigmoid"):
@@ -77,8 +79,8 @@ def lenet_dlg(in_channels=3, image_size=32, num_classes=10, activation="sigmoid"
     return net
 
 
-def cnn6(in_channels=3, image_size=32, num_classes=1, activation="leaky_relu", bias=False,
-         head_bias=None, widths=(12, 36, 36, 36, 64, 128)):
+def cnn6(in_channels=3, image_size=32, num_classes=1, activation="leaky_relu",
+         bias=False, head_bias=None, widths=(12, 36, 36, 36, 64, 128)):
     """R-GAP's CNN6: bias-free by default, one logit for the logistic loss."""
     k = [(4, 2, 2), (3, 2, 1), (3, 1, 1), (3, 1, 1), (3, 2, 1), (3, 1, 1)]
     spec = [(w, *ks) for w, ks in zip(widths, k)]
@@ -118,7 +120,8 @@ def cnn2_c1(in_channels=3, image_size=32, num_classes=10, activation="tanh"):
 
 
 def cnn3_c1(in_channels=3, image_size=32, num_classes=10, activation="tanh"):
-    """Chen & Campbell's cnn3_c1: bias-free conv(6, k3), conv(3, k4, s2); FC with bias."""
+    """Chen & Campbell's cnn3_c1: bias-free conv(6, k3), conv(3, k4, s2); FC
+    with bias."""
     return _cnn([(6, 3, 1, 0), (3, 4, 2, 0)], in_channels, image_size, num_classes,
                 activation, False, head_bias=True)
 
@@ -135,7 +138,8 @@ class _Block(nn.Module):
     def __init__(self, c: int, act: str, batchnorm: bool):
         super().__init__()
         norm = (lambda: nn.BatchNorm2d(c)) if batchnorm else nn.Identity
-        self.body = nn.Sequential(nn.Conv2d(c, c, 3, 1, 1), norm(), make_activation(act),
+        self.body = nn.Sequential(nn.Conv2d(c, c, 3, 1, 1), norm(),
+                                  make_activation(act),
                                   nn.Conv2d(c, c, 3, 1, 1), norm())
         self.act = make_activation(act)
 
@@ -143,8 +147,8 @@ class _Block(nn.Module):
         return self.act(x + self.body(x))
 
 
-def resnet_tiny(in_channels=3, image_size=32, num_classes=10, width=16, activation="relu",
-                batchnorm=True):
+def resnet_tiny(in_channels=3, image_size=32, num_classes=10, width=16,
+                activation="relu", batchnorm=True):
     """A conv stem (stride 2), two residual blocks, global average pooling, FC."""
     norm = nn.BatchNorm2d(width) if batchnorm else nn.Identity()
     return nn.Sequential(
@@ -175,7 +179,8 @@ def _check_sizes(name: str, kwargs: dict) -> None:
                                  f"got {kwargs[key]!r}")
 
 
-def build(name: str, seed: int = 0, dtype: torch.dtype = torch.float32, **kwargs) -> nn.Module:
+def build(name: str, seed: int = 0, dtype: torch.dtype = torch.float32,
+          **kwargs) -> nn.Module:
     """Build a zoo model with weights drawn from ``seed``.
 
     The global torch random state is not changed. Keyword arguments go to the

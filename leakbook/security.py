@@ -334,7 +334,8 @@ class Audit:
     _COLUMNS = [("#", "index"), ("n_x", "unknowns"), ("grad", "gradient_constraints"),
                 ("fwd", "forward_constraints"), ("virt", "virtual_constraints"),
                 ("count", "count_index"), ("bound", "rank_bound"), ("rank", "rank"),
-                ("defic", "deficiency"), ("unread", "unread"), ("COPA w", "copa_weight")]
+                ("defic", "deficiency"), ("unread", "unread"),
+                ("COPA w", "copa_weight")]
 
     def _cells(self) -> tuple[list[str], list[list[str]]]:
         head = [h for h, _ in self._COLUMNS]
@@ -447,7 +448,8 @@ def estimate_cost(model: nn.Module, input_shape) -> dict:
 
 
 def _human(n_bytes: float, seconds: float) -> str:
-    size = f"{n_bytes / 2**30:.1f} GB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:.0f} MB"
+    size = (f"{n_bytes / 2**30:.1f} GB" if n_bytes >= 2**30
+            else f"{n_bytes / 2**20:.0f} MB")
     span = f"{seconds / 60:.0f} min" if seconds >= 120 else f"{seconds:.0f} s"
     return f"about {size} and {span}"
 
@@ -485,8 +487,8 @@ def audit(model: nn.Module, input_shape, seed: int = 0, rtol: float = 1e-6,
         raise MemoryError(f"auditing this model on input {shape} needs "
                           f"{_human(cost['bytes'], cost['seconds'])} (layer "
                           f"'{big['path']}': a {big['gram_side']}x{big['gram_side']} "
-                          f"Gram matrix), over max_memory_gb={max_memory_gb:g}; audit a "
-                          "smaller input or raise the limit")
+                          f"Gram matrix), over max_memory_gb={max_memory_gb:g}; "
+                          "audit a smaller input or raise the limit")
     if cost["seconds"] > warn_seconds:
         warnings.warn(f"the audit on input {shape} will take "
                       f"{_human(cost['bytes'], cost['seconds'])} at one thread",

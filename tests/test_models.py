@@ -36,10 +36,11 @@ def layer_list(net: nn.Module) -> list[tuple]:
 # six bias-free convs, each followed by LeakyReLU(0.2), Linear(3200, 1, no bias)
 # followed by Identity; default PyTorch init (main.py seeds and builds it).
 LRELU = ("leaky_relu", 0.2)
-CNN6 = [("conv", 3, 12, 4, 2, 2, False), LRELU, ("conv", 12, 36, 3, 2, 1, False), LRELU,
-        ("conv", 36, 36, 3, 1, 1, False), LRELU, ("conv", 36, 36, 3, 1, 1, False), LRELU,
-        ("conv", 36, 64, 3, 2, 1, False), LRELU, ("conv", 64, 128, 3, 1, 1, False),
-        LRELU, ("flatten",), ("fc", 3200, 1, False)]
+CNN6 = [("conv", 3, 12, 4, 2, 2, False), LRELU, ("conv", 12, 36, 3, 2, 1, False),
+        LRELU, ("conv", 36, 36, 3, 1, 1, False), LRELU,
+        ("conv", 36, 36, 3, 1, 1, False), LRELU, ("conv", 36, 64, 3, 2, 1, False),
+        LRELU, ("conv", 64, 128, 3, 1, 1, False), LRELU, ("flatten",),
+        ("fc", 3200, 1, False)]
 # same repository and commit, models/CNN6d.py: the 2nd conv 12->20, the 3rd 20->36
 CNN6_D = [*CNN6[:2], ("conv", 12, 20, 3, 2, 1, False), LRELU,
           ("conv", 20, 36, 3, 1, 1, False), LRELU, *CNN6[6:]]

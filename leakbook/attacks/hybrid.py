@@ -334,8 +334,9 @@ class _JointFit:
                 return f, torch.linalg.solve_triangular(chol, g[:, None],
                                                         upper=False)[:, 0]
 
-            out = lbfgs(pre, torch.zeros_like(ref), max_iter=min(steps - used, ROUND_STEPS),
-                        history=30, stall=20, tol=tol, max_time=left())
+            out = lbfgs(pre, torch.zeros_like(ref),
+                        max_iter=min(steps - used, ROUND_STEPS), history=30,
+                        stall=20, tol=tol, max_time=left())
             x[self.index] = lift(out["z"])
             used += len(out["history"]) - 1
             status = out["status"]

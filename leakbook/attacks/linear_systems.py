@@ -24,11 +24,13 @@ def _check_conv(conv: nn.Module, input_shape) -> tuple[int, int, int]:
     if not isinstance(conv, nn.Conv2d):
         raise TypeError(f"expected an nn.Conv2d, got {type(conv).__name__}")
     if conv.groups != 1 or conv.dilation != (1, 1) or conv.padding_mode != "zeros":
-        raise ValueError("only Conv2d with groups=1, dilation=1 and zero padding is supported")
+        raise ValueError("only Conv2d with groups=1, dilation=1 and zero padding "
+                         "is supported")
     if isinstance(conv.padding, str):
         raise ValueError("give Conv2d padding as numbers, not a string")
     if len(input_shape) != 3 or input_shape[0] != conv.in_channels:
-        raise ValueError(f"input_shape must be (C={conv.in_channels}, H, W), got {tuple(input_shape)}")
+        raise ValueError(f"input_shape must be (C={conv.in_channels}, H, W), "
+                         f"got {tuple(input_shape)}")
     return tuple(int(s) for s in input_shape)
 
 
@@ -57,7 +59,8 @@ def _scatter(rows_per_tap: torch.Tensor, values: torch.Tensor, idx: torch.Tensor
     """Accumulate values at (rows, idx) over the taps that read real input."""
     keep = idx >= 0
     rows, cols, vals = rows_per_tap[..., keep], idx[..., keep], values[..., keep]
-    coo = torch.sparse_coo_tensor(torch.stack([rows.flatten(), cols.flatten()]), vals.flatten(),
+    coo = torch.sparse_coo_tensor(torch.stack([rows.flatten(), cols.flatten()]),
+                                  vals.flatten(),
                                   (n_rows, n_cols), check_invariants=True).coalesce()
     return coo if sparse else coo.to_dense()
 
@@ -71,7 +74,8 @@ def conv_matrix(conv: nn.Conv2d, input_shape, sparse: bool = False) -> torch.Ten
     o = conv.out_channels
     m, l = idx.shape
     weight = conv.weight.detach().reshape(o, m)             # (O, M)
-    rows = (torch.arange(o)[:, None, None] * l + torch.arange(l)[None, None, :]).expand(o, m, l)
+    rows = (torch.arange(o)[:, None, None] * l
+            + torch.arange(l)[None, None, :]).expand(o, m, l)
     values = weight[:, :, None].expand(o, m, l)
     n = input_shape[0] * input_shape[1] * input_shape[2]
     return _scatter(rows, values, idx.expand(o, m, l), o * l, n, sparse)
@@ -91,7 +95,8 @@ def conv_gradient_matrix(conv: nn.Conv2d, input_shape, delta: torch.Tensor,
         raise ValueError(f"delta has {delta.numel()} entries; this conv's output has "
                          f"{o * l} = {output_shape(conv, input_shape)}")
     delta = delta.reshape(o, l).to(conv.weight.dtype)
-    rows = (torch.arange(o)[:, None, None] * m + torch.arange(m)[None, :, None]).expand(o, m, l)
+    rows = (torch.arange(o)[:, None, None] * m
+            + torch.arange(m)[None, :, None]).expand(o, m, l)
     values = delta[:, None, :].expand(o, m, l)
     n = input_shape[0] * input_shape[1] * input_shape[2]
     return _scatter(rows, values, idx.expand(o, m, l), o * m, n, sparse)
@@ -100,7 +105,8 @@ def conv_gradient_matrix(conv: nn.Conv2d, input_shape, delta: torch.Tensor,
 def unread_pixels(conv: nn.Conv2d, input_shape) -> torch.Tensor:
     """Boolean mask (C, H, W) of input entries that no kernel tap ever reads."""
     idx = patch_indices(conv, input_shape)
-    seen = torch.zeros(input_shape[0] * input_shape[1] * input_shape[2], dtype=torch.bool)
+    seen = torch.zeros(input_shape[0] * input_shape[1] * input_shape[2],
+                       dtype=torch.bool)
     seen[idx[idx >= 0]] = True
     return ~seen.reshape(tuple(input_shape))
 
