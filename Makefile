@@ -9,7 +9,8 @@ STAMP   := $(VENV)/.installed-stamp
 export OMP_NUM_THREADS ?= 2
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: install book test unit notebooks build-strict browser times lab clean student bench
+.PHONY: install book test unit notebooks build-strict browser times lab clean student bench \
+        grade student-book
 
 install: $(STAMP) _vendor/.complete
 
@@ -22,24 +23,31 @@ $(STAMP): pyproject.toml
 _vendor/.complete: scripts/vendor.sh
 	bash scripts/vendor.sh
 
+## make book STUDENT=1 [CHAPTERS="01 02"]: the book without solutions (and
+## without the instructor guide) in _build/student/_build/html
 book: install
+ifeq ($(STUDENT),1)
+	$(PY) -m grading book $(if $(CHAPTERS),--chapters "$(CHAPTERS)")
+else
 	$(JB) build . --keep-going
 	@echo
 	@echo "The book is built. Open _build/html/index.html in a browser,"
 	@echo "or serve it: $(PY) -m http.server -d _build/html 8000"
+endif
 
 ## make test: unit tests, every notebook under nbval, a strict book build,
 ## the execution times, and a real-browser check of the built site.
-test: install unit notebooks build-strict times browser
+test: install unit notebooks build-strict times student-book browser
 	@echo "make test: all checks passed"
 
 unit: install
 	$(PY) -m pytest -q tests
 
-notebooks: install
+## every chapter, and every student copy (its check cells must raise)
+notebooks: install student
 	$(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env \
 	    --nbval-cell-timeout=300 --timeout=900 -n 2 --dist loadfile \
-	    chapters
+	    chapters student
 
 build-strict: install
 	$(JB) build . --all -W --keep-going
@@ -54,8 +62,18 @@ browser: install
 lab: install
 	$(VENV)/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) chapters/
 
+## make student: student copies of the chapters (and their data) in student/
 student: install
-	$(PY) scripts/strip_solutions.py
+	$(PY) -m grading student
+
+## make grade SUBMISSIONS=DIR [SALT=secret]: autograde submitted student copies
+## with nbgrader; CSV and feedback in _build/grading (see instructor.md)
+grade: install
+	@test -n "$(SUBMISSIONS)" || { echo "usage: make grade SUBMISSIONS=DIR [SALT=secret]"; exit 2; }
+	$(PY) -m grading grade "$(SUBMISSIONS)" $(if $(SALT),--salt "$(SALT)")
+
+student-book: install
+	$(PY) -m grading book
 
 clean:
 	rm -rf _build

@@ -10,4 +10,6 @@ for a unit test to re-run and compare within the module's ``TOLERANCE``.
 #: benchmark module -> the JSON file it writes under chapters/data/
 REGISTRY = {
     "fc_isolation": "fc_isolation.json",
+    "tensor": "tensor_bench.json",
+    "labels": "labels_bench.json",
 }

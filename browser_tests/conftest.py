@@ -1,4 +1,9 @@
-"""Serve the built book on 127.0.0.1 and drive Debian's headless Chromium."""
+"""Serve the built book on 127.0.0.1 and drive Debian's headless Chromium.
+
+LEAKBOOK_SITE=/path/to/html runs the tests on another build (for example the
+book as it was before a change).
+"""
+import os
 import socket
 import subprocess
 import sys
@@ -8,10 +13,27 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SITE = ROOT / "_build" / "html"
+SITE = Path(os.environ.get("LEAKBOOK_SITE", ROOT / "_build" / "html")).resolve()
+SHOTS = ROOT / "_build" / "screenshots"
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+#: a desktop browser and a phone (iPhone 12-15 class: 390 CSS pixels)
+WIDTHS = {"desktop": (1280, 900), "phone": (390, 844)}
+
+
+def book_pages() -> list[str]:
+    """Every page of the book (from the _toc.yml of the build's source), as
+    paths relative to the site; a page left over from an older build is not
+    checked."""
+    import yaml
+    toc_path = SITE.parent.parent / "_toc.yml"
+    if not toc_path.exists():
+        return []
+    toc = yaml.safe_load(toc_path.read_text())
+    files = [toc["root"]] + [c["file"] for part in toc.get("parts", [])
+                             for c in part.get("chapters", [])]
+    return [f"{f}.html" for f in files if (SITE / f"{f}.html").exists()]
 
 
 def _free_port() -> int:
@@ -23,7 +45,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def site_url():
     if not (SITE / "index.html").exists():
-        pytest.fail("no built book in _build/html: run `make book` first")
+        pytest.fail(f"no built book in {SITE}: run `make book` first")
     port = _free_port()
     server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind",
                                "127.0.0.1", "-d", str(SITE)],

@@ -23,6 +23,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import checks
+from .threads import one_thread
+
 NAMES = ("digits", "faces", "photos")
 
 #: photograph -> (loader, licence). Class k of "photos" is the k-th entry.
@@ -40,6 +43,16 @@ PHOTO_SOURCES = {
 }
 
 _photo_cache: dict[str, np.ndarray] = {}
+
+#: the largest image side ``load`` and ``evaluation_set`` resize to
+MAX_SIZE = 1024
+
+
+def _check_name(name) -> None:
+    if not isinstance(name, str):
+        checks.fail("name", f"a dataset name, one of {NAMES}", name, TypeError)
+    if name not in NAMES:
+        raise ValueError(f"unknown dataset {name!r}: name must be one of {NAMES}")
 
 
 def _photo(name: str) -> np.ndarray:
@@ -87,6 +100,9 @@ def is_varied(img: torch.Tensor) -> bool:
     and std >= MIN_STD. A flat image of the mean colour scores high PSNR on a
     crop that fails it, which would flatter any attack.
     """
+    checks.tensor(img, "img", "float", dims=3, nonempty=True)
+    if img[0].numel() < 2:
+        checks.fail("img", "an image (C, H, W) of at least 2 pixels", img)
     mean, std = float(img.mean()), float(img.std())
     return MEAN_RANGE[0] <= mean <= MEAN_RANGE[1] and std >= MIN_STD
 
@@ -133,52 +149,76 @@ def load(name: str, n: int, seed: int = 0, size: int | None = None,
     """Load ``n`` images of a bundled dataset.
 
     name: "digits", "faces" or "photos" (see the module docstring).
-    n: number of images; drawn without replacement where the set allows.
+    n: number of images (a positive int); drawn without replacement where the
+        set allows.
     seed: which images are drawn (and, for "photos", which crops).
-    size: resize to size x size (default: native; "photos" default 32).
+    size: resize to size x size, 1..MAX_SIZE (default: native; "photos" 32).
     rgb: repeat a grey channel three times.
-    labels: optional sequence of wanted labels, one per image, duplicates
-        allowed (a batch with chosen labels); overrides ``n`` if given.
+    labels: optional sequence of wanted integer labels, one per image,
+        duplicates allowed (a batch with chosen labels); overrides ``n``.
+    nonfaces: "faces" only; add the 100 non-faces (label 0).
+    dtype: a floating dtype (pixels are never rounded to integers).
     varied: "photos" only; redraw crops that fail ``is_varied`` (default).
-    Returns x: (n, C, H, W) in [0, 1] and y: (n,) int64.
+    Returns x: (n, C, H, W) in [0, 1] and y: (n,) int64. Taught in chapter 01.
     """
-    if name not in NAMES:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {NAMES}")
-    if labels is not None:
-        labels = torch.as_tensor(labels, dtype=torch.long).flatten()
-        n = len(labels)
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
-    gen = torch.Generator().manual_seed(seed)
-    if name == "photos":
-        if labels is not None and ((labels < 0) | (labels >= len(PHOTO_SOURCES))).any():
-            raise ValueError(f"photo labels must lie in 0..{len(PHOTO_SOURCES) - 1}")
-        x, y = _photo_crops(n, size or 32, gen, labels, varied)
-    else:
-        pool_x, pool_y = _digits() if name == "digits" else _faces(nonfaces)
-        idx = _pick(pool_y, n, gen, labels, name)
-        x, y = pool_x[idx], pool_y[idx]
-        if size is not None and size != x.shape[-1]:
-            x = torch.stack([_resize(v, size, "bilinear") for v in x])
-    if rgb and x.shape[1] == 1:
-        x = x.repeat(1, 3, 1, 1)
-    return x.to(dtype), y
+    with one_thread():
+        _check_name(name)
+        if labels is not None:
+            labels = checks.labels(labels, "labels")
+            if len(labels) == 0:
+                checks.fail("labels", "at least one label", labels)
+            checks.integer(n, "n")  # ignored: one image per label
+            n = len(labels)
+        else:
+            n = checks.integer(n, "n", 1, what="a positive integer")
+        seed = checks.seed(seed)
+        if size is not None:
+            size = checks.integer(size, "size", 1, MAX_SIZE,
+                                  what=f"a positive integer up to {MAX_SIZE}")
+        rgb = checks.flag(rgb, "rgb")
+        nonfaces = checks.flag(nonfaces, "nonfaces")
+        varied = checks.flag(varied, "varied")
+        dtype = checks.float_dtype(dtype)
+        if nonfaces and name != "faces":
+            raise ValueError(f"nonfaces must be False for dataset {name!r}, got True "
+                             f"(non-faces exist only in 'faces')")
+        gen = torch.Generator().manual_seed(seed)
+        if name == "photos":
+            top = len(PHOTO_SOURCES) - 1
+            if labels is not None and (labels > top).any():
+                checks.fail("labels", f"photo labels in 0..{top} (one per source "
+                                      f"photograph)", labels.tolist())
+            x, y = _photo_crops(n, size or 32, gen, labels, varied)
+        else:
+            pool_x, pool_y = _digits() if name == "digits" else _faces(nonfaces)
+            idx = _pick(pool_y, n, gen, labels, name)
+            x, y = pool_x[idx], pool_y[idx]
+            if size is not None and size != x.shape[-1]:
+                x = torch.stack([_resize(v, size, "bilinear") for v in x])
+        if rgb and x.shape[1] == 1:
+            x = x.repeat(1, 3, 1, 1)
+        return x.to(dtype), y
 
 
-def _pick(pool_y: torch.Tensor, n: int, gen: torch.Generator, labels, name: str) -> torch.Tensor:
+def _pick(pool_y: torch.Tensor, n: int, gen: torch.Generator, labels,
+          name: str) -> torch.Tensor:
     """Indices of n samples: random, or one per wanted label (distinct samples)."""
     if labels is None:
         if n > len(pool_y):
-            raise ValueError(f"{name} has {len(pool_y)} images, asked for {n}")
+            checks.fail("n", f"at most {len(pool_y)} ({name} has {len(pool_y)} images)",
+                        n)
         return torch.randperm(len(pool_y), generator=gen)[:n]
     idx = []
     for lab in labels.unique().tolist():
         cands = (pool_y == lab).nonzero().flatten()
         want = int((labels == lab).sum())
         if len(cands) == 0:
-            raise ValueError(f"{name} has no image with label {lab}")
+            checks.fail("labels", f"labels that {name} has (it has no image with "
+                                  f"label {lab}; its labels are "
+                                  f"{sorted(set(pool_y.tolist()))})", labels.tolist())
         if want > len(cands):
-            raise ValueError(f"{name} has {len(cands)} images of label {lab}, asked for {want}")
+            raise ValueError(f"labels must ask for at most {len(cands)} images of "
+                             f"label {lab} ({name} has {len(cands)}), got {want}")
         idx.append(cands[torch.randperm(len(cands), generator=gen)[:want]])
     # put the picks back in the order the labels were asked for
     by_label = {lab: list(i.tolist()) for lab, i in zip(labels.unique().tolist(), idx)}
@@ -192,7 +232,8 @@ EVALUATION_NAMES = (*PHOTO_SOURCES, "face", "digit")
 
 
 def evaluation_set(split: str = "test", size: int = 32, rgb: bool = True,
-                   dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+                   dtype: torch.dtype = torch.float32
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """The book's evaluation set: 12 varied images, one from each source.
 
     The rule: with the split's seed, one varied crop of each of the 10
@@ -205,24 +246,26 @@ def evaluation_set(split: str = "test", size: int = 32, rgb: bool = True,
     Returns x: (12, C, size, size) in [0, 1] and y: (12,) = 0..11, the image's
     position (labels are arbitrary for an untrained network; use y % classes).
     """
-    if split not in EVALUATION_SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose one of "
-                         f"{tuple(EVALUATION_SPLITS)}")
-    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-        raise ValueError(f"size must be a positive integer, got {size!r}")
-    gen = torch.Generator().manual_seed(1000 + EVALUATION_SPLITS[split])
-    photos, _ = _photo_crops(len(PHOTO_SOURCES), size, gen,
-                             torch.arange(len(PHOTO_SOURCES)), varied=True)
-    images = [p for p in photos]
-    for pool in (_faces(False)[0], _digits()[0]):
-        for i in torch.randperm(len(pool), generator=gen).tolist():
-            if is_varied(_resize(pool[i], 32, "bilinear")):
-                images.append(_resize(pool[i], size, "bilinear").repeat(3, 1, 1))
-                break
-    x = torch.stack(images)
-    if not rgb:
-        x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
-    return x.to(dtype), torch.arange(len(x))
+    with one_thread():
+        checks.choice(split, "split", EVALUATION_SPLITS)
+        size = checks.integer(size, "size", 1, MAX_SIZE,
+                              what=f"a positive integer up to {MAX_SIZE}")
+        rgb = checks.flag(rgb, "rgb")
+        dtype = checks.float_dtype(dtype)
+        gen = torch.Generator().manual_seed(1000 + EVALUATION_SPLITS[split])
+        photos, _ = _photo_crops(len(PHOTO_SOURCES), size, gen,
+                                 torch.arange(len(PHOTO_SOURCES)), varied=True)
+        images = [p for p in photos]
+        for pool in (_faces(False)[0], _digits()[0]):
+            for i in torch.randperm(len(pool), generator=gen).tolist():
+                if is_varied(_resize(pool[i], 32, "bilinear")):
+                    images.append(_resize(pool[i], size, "bilinear").repeat(3, 1, 1))
+                    break
+        x = torch.stack(images)
+        if not rgb:
+            luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+            x = (x * luma).sum(1, keepdim=True)
+        return x.to(dtype), torch.arange(len(x))
 
 
 def describe() -> str:

@@ -114,7 +114,7 @@ def test_bad_input_gives_clear_errors():
         solve_fc_inputs(gw, torch.ones(2, 4))
     with pytest.raises(ValueError, match="all zero"):
         solve_fc_inputs(gw, torch.zeros(2, 5))
-    with pytest.raises(ValueError, match="labels must lie"):
+    with pytest.raises(ValueError, match=r"labels in 0\.\.2"):
         last_layer_deltas(torch.zeros(2, 3), torch.tensor([0, 3]))
 
 

@@ -171,7 +171,7 @@ def test_fl_bad_input():
     x, y = data.load("digits", 2)
     with pytest.raises(ValueError, match="2 samples but y has 3"):
         fl.shared_gradients(net, x, torch.tensor([1, 2, 3]))
-    with pytest.raises(ValueError, match="labels must lie in"):
+    with pytest.raises(ValueError, match=r"labels in 0\.\.9"):
         fl.shared_gradients(net, x, torch.tensor([1, 12]))
     with pytest.raises(ValueError, match="NaN"):
         fl.shared_gradients(net, x * float("nan"), y)

@@ -19,12 +19,13 @@ from .hybrid import copa
 from .matching import REGULARIZERS, dlg, idlg, inverting_gradients
 from .recursive import rgap
 from .result import Reconstruction
-from .tensor import (direction_cosines, hermite_coefficient, moment_tensor,
-                     random_two_layer, symmetric_cp, tensor_decomposition)
+from .tensor import (direction_cosines, hermite_coefficient, input_span, moment_tensor,
+                     projected_moment_tensor, random_two_layer, symmetric_cp,
+                     tensor_decomposition)
 
 __all__ = ["Reconstruction", "analytic", "hybrid", "labels", "layer_system", "layers",
            "linear_systems", "matching", "recursive", "invert_fc", "last_layer_deltas",
            "solve_fc_inputs", "solve_last_layer_inputs", "REGULARIZERS", "dlg", "idlg",
            "inverting_gradients", "copa", "rgap", "tensor", "tensor_decomposition",
            "direction_cosines", "hermite_coefficient", "moment_tensor", "random_two_layer",
-           "symmetric_cp"]
+           "symmetric_cp", "input_span", "projected_moment_tensor"]

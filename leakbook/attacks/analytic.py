@@ -13,12 +13,15 @@ signals are known the inputs solve a linear system (``solve_fc_inputs``).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
+from .. import checks
 from ..checks import float_tensor
+from ..threads import one_thread
 from .result import Reconstruction
 
 __all__ = ["FCInversion", "FCSystemSolution", "invert_fc", "solve_fc_inputs",
@@ -28,6 +31,9 @@ __all__ = ["FCInversion", "FCSystemSolution", "invert_fc", "solve_fc_inputs",
 def _check_fc_grads(grad_weight, grad_bias) -> tuple[torch.Tensor, torch.Tensor]:
     gw = float_tensor(grad_weight, "grad_weight")
     gb = float_tensor(grad_bias, "grad_bias")
+    if gw.dim() == 2 and 0 in gw.shape:
+        checks.fail("grad_weight", "a non-empty (out_features, in_features) gradient",
+                    gw)
     if gw.dim() != 2:
         raise ValueError(f"grad_weight must be (out_features, in_features), got shape "
                          f"{tuple(gw.shape)}")
@@ -74,6 +80,11 @@ class FCInversion:
 
     def to_reconstruction(self, image_shape) -> Reconstruction:
         """The identified samples as a Reconstruction with images (G, *image_shape)."""
+        image_shape = checks.shape(image_shape, "image_shape")
+        n = self.samples.shape[1]
+        if math.prod(image_shape) != n:
+            checks.fail("image_shape", f"a shape of {n} entries (the layer's "
+                                       f"in_features)", image_shape)
         images = self.samples.reshape(len(self.samples), *image_shape)
         stats = {"sample_rows": self.sample_rows, "single": self.single, **self.stats}
         return Reconstruction(images=images, stats=stats)
@@ -84,16 +95,12 @@ class FCInversion:
                 f"samples={len(self.samples)}, single={self.single})")
 
 
-def _usable_rows(gb: torch.Tensor, rtol: float | None) -> torch.Tensor:
+def _usable_rows(gb: torch.Tensor, rtol: float) -> torch.Tensor:
     """Mask of rows whose bias gradient is safely away from zero."""
     scale = gb.abs().max()
     if scale == 0:
         raise ValueError("grad_bias is all zero: no row carries the input (dead layer, "
                          "zero loss, or a layer without bias?)")
-    if rtol is None:
-        rtol = torch.finfo(gb.dtype).eps ** 0.5
-    if rtol < 0:
-        raise ValueError(f"rtol must be non-negative, got {rtol}")
     return gb.abs() > rtol * scale
 
 
@@ -133,13 +140,15 @@ def invert_fc(grad_weight: torch.Tensor, grad_bias: torch.Tensor,
 
     grad_weight: (m, n) gradient of the weight A of u = A x + c; grad_bias: (m,).
     rtol: rows with |grad_bias[i]| <= rtol * max|grad_bias| are skipped, never
-        divided by (default sqrt(machine epsilon) of the dtype).
+        divided by (default sqrt(machine epsilon) of the dtype); 0 <= rtol < 1,
+        so the row of the largest bias gradient is always used.
     agree_tol: relative distance under which two rows' ratios count as the same
         input (default 1e-10 in float64, 1e-5 otherwise: a row that one sample
         reaches carries a single term, so its ratio is exact to round-off).
     min_agree: how many agreeing rows certify a single sample (2 by default; a
         sample that only one row reaches stays among ``ratios`` but is not
-        certified, since the gradient alone cannot tell it from a mixture).
+        certified, since the gradient alone cannot tell it from a mixture);
+        an integer >= 1.
 
     Returns an :class:`FCInversion`; for one sample, ``invert_fc(gw, gb).input``
     is the input (n,). Agreement is evidence, not proof: it certifies a single
@@ -150,27 +159,29 @@ def invert_fc(grad_weight: torch.Tensor, grad_bias: torch.Tensor,
     Raises ValueError for disagreeing shapes, NaN or an all-zero bias gradient.
     Taught in chapter 02.
     """
-    gw, gb = _check_fc_grads(grad_weight, grad_bias)
-    if min_agree < 1:
-        raise ValueError(f"min_agree must be at least 1, got {min_agree}")
-    if agree_tol is None:
-        agree_tol = 1e-10 if gw.dtype == torch.float64 else 1e-5
-    usable = _usable_rows(gb, rtol)
-    rows = torch.nonzero(usable).flatten()
-    ratios = gw[rows] / gb[rows, None]
-    groups_local = _agreeing_groups(ratios, agree_tol)
-    groups = [[int(rows[k]) for k in g] for g in groups_local]
-    certified = [g for g in groups_local if len(g) >= min_agree]
-    samples = (torch.stack([ratios[g].mean(0) for g in certified]) if certified
-               else ratios.new_zeros(0, gw.shape[1]))
-    b_used = gb[rows]
-    estimate = (b_used[:, None] * gw[rows]).sum(0) / (b_used ** 2).sum()
-    return FCInversion(
-        ratios=ratios, rows=rows, skipped=torch.nonzero(~usable).flatten(),
-        groups=groups,
-        samples=samples, sample_rows=[[int(rows[k]) for k in g] for g in certified],
-        input=estimate, single=len(groups) == 1,
-        stats={"rtol": rtol, "agree_tol": agree_tol, "min_agree": min_agree})
+    with one_thread():
+        gw, gb = _check_fc_grads(grad_weight, grad_bias)
+        rtol = (torch.finfo(gw.dtype).eps ** 0.5 if rtol is None
+                else checks.number(rtol, "rtol", minimum=0, below=1))
+        agree_tol = ((1e-10 if gw.dtype == torch.float64 else 1e-5) if agree_tol is None
+                     else checks.number(agree_tol, "agree_tol", minimum=0))
+        min_agree = checks.integer(min_agree, "min_agree", minimum=1)
+        usable = _usable_rows(gb, rtol)
+        rows = torch.nonzero(usable).flatten()
+        ratios = gw[rows] / gb[rows, None]
+        groups_local = _agreeing_groups(ratios, agree_tol)
+        groups = [[int(rows[k]) for k in g] for g in groups_local]
+        certified = [g for g in groups_local if len(g) >= min_agree]
+        samples = (torch.stack([ratios[g].mean(0) for g in certified]) if certified
+                   else ratios.new_zeros(0, gw.shape[1]))
+        b_used = gb[rows]
+        estimate = (b_used[:, None] * gw[rows]).sum(0) / (b_used ** 2).sum()
+        return FCInversion(
+            ratios=ratios, rows=rows, skipped=torch.nonzero(~usable).flatten(),
+            groups=groups,
+            samples=samples, sample_rows=[[int(rows[k]) for k in g] for g in certified],
+            input=estimate, single=len(groups) == 1,
+            stats={"rtol": rtol, "agree_tol": agree_tol, "min_agree": min_agree})
 
 
 @dataclass
@@ -212,57 +223,54 @@ def solve_fc_inputs(grad_weight: torch.Tensor, deltas: torch.Tensor,
     the residual. With rank < B the minimum-norm solution mixes the inputs.
     Taught in chapter 02 (and the layer-wise chapters 07-08 build on it).
     """
-    g = float_tensor(grad_weight, "grad_weight")
-    d = float_tensor(deltas, "deltas").to(g.dtype)
-    if g.dim() != 2:
-        raise ValueError(f"grad_weight must be (out_features, in_features), got shape "
-                         f"{tuple(g.shape)}")
-    if d.dim() != 2 or d.shape[1] != g.shape[0]:
-        raise ValueError(f"deltas must be (B, out_features={g.shape[0]}), got shape "
-                         f"{tuple(d.shape)}")
-    u, s, vh = torch.linalg.svd(d.T, full_matrices=False)  # d.T = u diag(s) vh, (m, B)
-    if s.numel() == 0 or s[0] == 0:
-        raise ValueError("deltas are all zero: the gradient carries no input")
-    if rcond is None:
-        rcond = max(d.shape) * torch.finfo(g.dtype).eps
-    rank = int((s > rcond * s[0]).sum())
-    x = vh[:rank].T @ ((u[:, :rank].T @ g) / s[:rank, None])
-    gnorm = g.norm()
-    residual = float((d.T @ x - g).norm() / gnorm) if gnorm > 0 else 0.0
-    return FCSystemSolution(inputs=x, rank=rank, singular_values=s, residual=residual,
-                            determined=rank == d.shape[0])
+    with one_thread():
+        g = float_tensor(grad_weight, "grad_weight")
+        d = float_tensor(deltas, "deltas").to(g.dtype)
+        if g.dim() != 2:
+            raise ValueError(f"grad_weight must be (out_features, in_features), got "
+                             f"shape {tuple(g.shape)}")
+        if d.dim() != 2 or d.shape[1] != g.shape[0] or d.shape[0] == 0:
+            raise ValueError(f"deltas must be (B, out_features={g.shape[0]}) with "
+                             f"B >= 1, got shape {tuple(d.shape)}")
+        if rcond is not None:
+            rcond = checks.number(rcond, "rcond", minimum=0)
+        # d.T = u diag(s) vh, (m, B)
+        u, s, vh = torch.linalg.svd(d.T, full_matrices=False)
+        if s.numel() == 0 or s[0] == 0:
+            raise ValueError("deltas are all zero: the gradient carries no input")
+        if rcond is None:
+            rcond = max(d.shape) * torch.finfo(g.dtype).eps
+        rank = int((s > rcond * s[0]).sum())
+        x = vh[:rank].T @ ((u[:, :rank].T @ g) / s[:rank, None])
+        gnorm = g.norm()
+        residual = float((d.T @ x - g).norm() / gnorm) if gnorm > 0 else 0.0
+        return FCSystemSolution(inputs=x, rank=rank, singular_values=s,
+                                residual=residual, determined=rank == d.shape[0])
 
 
 def last_layer_deltas(logits: torch.Tensor, labels: torch.Tensor,
                       reduction: str = "mean") -> torch.Tensor:
     """Error signals dL/dz of softmax cross-entropy at the logits: softmax(z) - y.
 
-    logits: (B, C); labels: (B,) integers or (B, C) soft labels.
+    logits: (B, C); labels: (B,) integers in 0..C-1 (any integer dtype, bool
+        or a list) or (B, C) soft labels (rows of probabilities).
     reduction: "mean" divides by B (as ``leakbook.fl`` does), "sum" does not.
     Returns (B, C). With ``logits = 0`` (a uniform softmax) it is the guess an
     attacker can make from the labels alone. Taught in chapter 02.
     """
-    z = float_tensor(logits, "logits")
-    if z.dim() != 2:
-        raise ValueError(f"logits must be (B, C), got shape {tuple(z.shape)}")
-    if not isinstance(labels, torch.Tensor):
-        raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
-    if labels.is_floating_point():
-        if labels.shape != z.shape:
-            raise ValueError(f"soft labels must have shape {tuple(z.shape)}, got "
-                             f"{tuple(labels.shape)}")
-        y = labels.to(z.dtype)
-    else:
-        if labels.shape != (z.shape[0],):
-            raise ValueError(f"labels must have shape ({z.shape[0]},), got "
-                             f"{tuple(labels.shape)}")
-        if ((labels < 0) | (labels >= z.shape[1])).any():
-            raise ValueError(f"labels must lie in 0..{z.shape[1] - 1}")
-        y = F.one_hot(labels, z.shape[1]).to(z.dtype)
-    if reduction not in ("mean", "sum"):
-        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
-    d = torch.softmax(z, dim=1) - y
-    return d / z.shape[0] if reduction == "mean" else d
+    with one_thread():
+        z = float_tensor(logits, "logits")
+        if z.dim() != 2 or 0 in z.shape:
+            checks.fail("logits", "a non-empty (B, C) tensor", z)
+        checks.choice(reduction, "reduction", ("mean", "sum"))
+        if isinstance(labels, torch.Tensor) and labels.is_floating_point():
+            y = checks.soft_labels(labels, "labels", *z.shape).to(z.dtype)
+        else:
+            labels = checks.labels(labels, "labels", z.shape[0], z.shape[1],
+                                   context=f" (logits have {z.shape[1]} classes)")
+            y = F.one_hot(labels, z.shape[1]).to(z.dtype)
+        d = torch.softmax(z, dim=1) - y
+        return d / z.shape[0] if reduction == "mean" else d
 
 
 def solve_last_layer_inputs(grad_weight: torch.Tensor, weight: torch.Tensor,
@@ -275,35 +283,44 @@ def solve_last_layer_inputs(grad_weight: torch.Tensor, weight: torch.Tensor,
     system, recompute the deltas from the solution, and repeat until X moves
     less than ``tol`` (relative). Uses no data, only what the server knows.
     grad_weight: (C, n) gradient of W (mean loss); weight: (C, n); bias: (C,)
-    or None; labels: (B,) integers. Returns an :class:`FCSystemSolution` whose
-    ``history`` holds the relative change of X per step. At most C - 1 inputs
-    can be determined: every delta sums to zero over the classes. Samples that
-    share a label start with identical deltas and stay identical: the
-    solution is then rank-deficient (``determined`` is False).
+    or None; labels: (B,) integers in 0..C-1; steps >= 1; tol >= 0. Returns an
+    :class:`FCSystemSolution` whose ``history`` holds the relative change of X
+    per step. At most C - 1 inputs can be determined: every delta sums to zero
+    over the classes. Samples that share a label start with identical deltas
+    and stay identical: the solution is then rank-deficient (``determined`` is
+    False).
     Taught in chapter 02.
     """
-    w = float_tensor(weight, "weight")
-    g = float_tensor(grad_weight, "grad_weight")
-    if w.shape != g.shape:
-        raise ValueError(f"weight has shape {tuple(w.shape)} but grad_weight has "
-                         f"{tuple(g.shape)}")
-    b = torch.zeros(w.shape[0], dtype=w.dtype) if bias is None else bias.detach()
-    if b.shape != (w.shape[0],):
-        raise ValueError(f"bias must have shape ({w.shape[0]},), got {tuple(b.shape)}")
-    if not isinstance(labels, torch.Tensor) or labels.dim() != 1:
-        raise ValueError("labels must be a 1-D integer tensor (B,)")
-    if steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}")
-    logits = torch.zeros(len(labels), w.shape[0], dtype=g.dtype)
-    sol = solve_fc_inputs(g, last_layer_deltas(logits, labels))
-    history: list[float] = []
-    for _ in range(steps):
-        new = solve_fc_inputs(g, last_layer_deltas(sol.inputs @ w.T + b, labels))
-        step = (new.inputs - sol.inputs).norm() / new.inputs.norm().clamp_min(1e-300)
-        change = float(step)
-        sol = new
-        history.append(change)
-        if change < tol:
-            break
-    sol.history = history
-    return sol
+    with one_thread():
+        w = float_tensor(weight, "weight", dims=2, nonempty=True)
+        g = float_tensor(grad_weight, "grad_weight", dims=2)
+        if w.shape != g.shape:
+            raise ValueError(f"weight has shape {tuple(w.shape)} but grad_weight has "
+                             f"{tuple(g.shape)}: grad_weight must have weight's shape")
+        b = (torch.zeros(w.shape[0], dtype=w.dtype) if bias is None
+             else float_tensor(bias, "bias"))
+        if b.shape != (w.shape[0],):
+            raise ValueError(f"bias must have shape ({w.shape[0]},), got "
+                             f"{tuple(b.shape)}")
+        labels = checks.labels(labels, "labels", num_classes=w.shape[0],
+                               context=f" (the layer has {w.shape[0]} outputs)")
+        if len(labels) == 0:
+            checks.fail("labels", "at least one label", labels)
+        steps = checks.integer(steps, "steps", minimum=1)
+        tol = checks.number(tol, "tol", minimum=0)
+        b = b.to(g.dtype)
+        w = w.to(g.dtype)
+        logits = torch.zeros(len(labels), w.shape[0], dtype=g.dtype)
+        sol = solve_fc_inputs(g, last_layer_deltas(logits, labels))
+        history: list[float] = []
+        for _ in range(steps):
+            new = solve_fc_inputs(g, last_layer_deltas(sol.inputs @ w.T + b, labels))
+            scale = new.inputs.norm().clamp_min(1e-300)
+            step = (new.inputs - sol.inputs).norm() / scale
+            change = float(step)
+            sol = new
+            history.append(change)
+            if change < tol:
+                break
+        sol.history = history
+        return sol

@@ -6,36 +6,50 @@ a last layer z = W h + b (W: (C, n), h: (n,) penultimate features),
     dL/db = (1/B) sum_k (p_k - y_k),     dL/dW = (1/B) sum_k (p_k - y_k) h_k^T,
 
 with p_k the softmax of sample k and y_k its one-hot label. Every rule below
-reads labels from the signs and sizes of these two tensors:
+reads labels from these two tensors. What the attacker holds besides the
+gradient and the model differs (see each function):
 
-=========  =================================================================
-idlg       B = 1: the one negative bias entry (or row sum) is the label
-yin        unique labels: the B rows with the most negative entry
-llg        Wainakh et al.: negative row sums, then counts by a fixed "impact"
-geng       Geng et al.: counts n = B (p_mean - dL/db), p_mean estimated from
-           dummy inputs through the known model (no-bias variant too)
+==========  ===============================================================
+idlg        B = 1: the one negative bias entry (or row sum) is the label
+yin         unique labels: the B rows with the most negative entry
+llg         Wainakh et al.: negative row sums, then counts by a fixed "impact"
+llg+        Wainakh et al.: impact and per-class offset measured on dummy
+            batches through the known model (noise or auxiliary data)
+llg*        the same measured on a shadow model trained on auxiliary data
+            (the attacker needs the architecture, not the weights)
+geng        Geng et al.: counts n = B (p_mean - dL/db), p_mean estimated from
+            dummy inputs through the known model (no-bias variant too)
 geng, refine=True
-           this book's refinement for trained networks: the softmax mean is
-           refined together with the counts, using per-class statistics of
-           pseudo-labelled dummies (see :func:`refine_counts`)
-=========  =================================================================
+            this book's earlier refinement: the softmax mean refined together
+            with the counts (see :func:`refine_counts`)
+calibrated  this book's method for trained networks: the span test certifies
+            absent classes; P(n_c >= k) is calibrated on batches simulated
+            from labelled auxiliary data; the labels maximise the expected
+            multiset accuracy (see :func:`calibrate_counts`)
+==========  ===============================================================
 
 ``recover(model, grads, batch_size, method=...)`` returns the sorted label
-multiset as an int64 tensor. The attacker never sees the batch: everything is
-computed from the shared gradient, the model and (optionally) dummy inputs.
+multiset as an int64 tensor. The attacker never sees the batch, and recovery
+leaves the model (parameters, buffers, train/eval mode) as it found it.
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import itertools
 import math
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from scipy.optimize import nnls
 from torch import nn
 
 from ..checks import check_grads
+from ..fl import shared_gradients
+from ..train import train_classifier
 
-METHODS = ("idlg", "yin", "llg", "geng")
+METHODS = ("idlg", "yin", "llg", "llg+", "llg*", "geng", "calibrated")
 
 
 # --- the last layer ----------------------------------------------------------
@@ -69,6 +83,29 @@ def last_layer_grads(model: nn.Module, grads):
 
 def _sorted(labels) -> torch.Tensor:
     return torch.as_tensor(labels, dtype=torch.long).flatten().sort().values
+
+
+def _check_int(value, name: str, low: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < low:
+        raise ValueError(f"{name} must be at least {low}, got {value}")
+    return int(value)
+
+
+@contextlib.contextmanager
+def _unchanged(model: nn.Module):
+    """Run ``model`` and leave its buffers (BatchNorm statistics) and modes as found."""
+    modes = [m.training for m in model.modules()]
+    buffers = [b.detach().clone() for b in model.buffers()]
+    try:
+        yield model
+    finally:
+        for module, mode in zip(model.modules(), modes):
+            module.training = mode
+        with torch.no_grad():
+            for buf, saved in zip(model.buffers(), buffers):
+                buf.copy_(saved)
 
 
 # --- the rules ---------------------------------------------------------------
@@ -174,7 +211,7 @@ def dummy_stats(model: nn.Module, dummies: torch.Tensor) -> dict:
     seen = []
     hook = layer.register_forward_hook(lambda m, inp, out: seen.append(inp[0]))
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _unchanged(model):
             logits = model(dummies.to(next(model.parameters()).dtype))
     finally:
         hook.remove()
@@ -275,35 +312,51 @@ def refine_counts(signal: torch.Tensor, batch_size: int, mean: torch.Tensor,
 
 def recover(model: nn.Module, grads, batch_size: int, method: str = "idlg", *,
             use_bias: bool = True, softmax_mean=None, feature_sum: float | None = None,
-            dummies: torch.Tensor | None = None, input_shape=None,
-            num_dummies: int = 256, seed: int = 0,
-            refine: bool = False) -> torch.Tensor:
+            dummies: torch.Tensor | None = None,
+            dummy_labels: torch.Tensor | None = None, input_shape=None,
+            num_dummies: int = 256, seed: int = 0, refine: bool = False,
+            repeats: int = 10, shadow: nn.Module | None = None, shadow_epochs: int = 10,
+            impact: float | None = None, offset: torch.Tensor | None = None,
+            calibration: CountCalibration | None = None) -> torch.Tensor:
     """Recover the labels of the batch behind a shared gradient; sorted (B,) int64.
 
     model: the known model (last layer ``nn.Linear``); grads: the shared
     gradient, aligned with ``model.parameters()``; batch_size: B.
-    method: "idlg" (B = 1), "yin" (unique labels, B <= C), "llg", "geng".
+    method and what the attacker needs besides the gradient:
+
+    - "idlg" (B = 1), "yin" (unique labels, B <= C), "llg": nothing else.
+    - "geng": the model's weights and dummy inputs: ``softmax_mean`` (C,)
+      (and ``feature_sum`` without bias) if known, else ``dummies`` (N, ...)
+      run through the model, or ``num_dummies`` uniform-noise images of
+      ``input_shape`` drawn from ``seed`` (data-free). ``refine=True`` moves
+      labels to the most probable counts (:func:`refine_counts`).
+    - "llg+": the weights and dummy batches (``dummies``, labelled by
+      ``dummy_labels`` if the attacker has auxiliary data, or noise of
+      ``input_shape``); ``repeats`` rounds per class (:func:`impact_offset`),
+      or a precomputed ``impact`` and ``offset``.
+    - "llg*": the architecture only: ``shadow`` (a model of the same
+      architecture the attacker trained) or labelled ``dummies`` to train one
+      for ``shadow_epochs`` epochs (:func:`shadow_model`); impact and offset
+      are then measured on the shadow.
+    - "calibrated": the weights and labelled auxiliary data (``dummies``,
+      ``dummy_labels``) or a ``calibration`` from :func:`calibrate_counts`.
+
     use_bias: read the bias gradient where the rule allows (idlg, geng);
-        False gives the rules' no-bias variants.
-    For "geng": ``softmax_mean`` (C,) (and ``feature_sum`` without bias) if
-    known; else they are estimated from ``dummies`` (N, ...) run through the
-    model, or from ``num_dummies`` uniform-noise images of ``input_shape``
-    (C, H, W) drawn from ``seed``. ``refine=True`` then moves labels to the
-    most probable counts under per-class dummy statistics (:func:`refine_counts`).
-    Taught in chapter 03.
+    False gives the rules' no-bias variants. Taught in chapter 03.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
-        raise TypeError(f"batch_size must be an int, got {type(batch_size).__name__}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    _check_int(batch_size, "batch_size")
     gw, gb = last_layer_grads(model, grads)
     if not use_bias:
         gb = None
-    elif gb is None and method in ("idlg", "geng"):
+    elif gb is None and method in ("idlg", "geng", "calibrated"):
         raise ValueError("use_bias=True but the last layer has no bias; "
-                         "pass use_bias=False")
+                         "pass use_bias=False" + (" (calibrated needs the bias)"
+                                                  if method == "calibrated" else ""))
+    if method == "calibrated" and gb is None:
+        raise ValueError("method 'calibrated' reads the bias gradient: "
+                         "use_bias must be True and the last layer must have a bias")
     if not (gw.abs().sum() > 0):
         raise ValueError("the last layer's gradient is zero: "
                          "it carries no label information")
@@ -320,8 +373,58 @@ def recover(model: nn.Module, grads, batch_size: int, method: str = "idlg", *,
         return yin(gw, batch_size)
     if method == "llg":
         return llg(gw, batch_size)
+    if method in ("llg+", "llg*"):
+        return _llg_measured(model, gw, batch_size, method, dummies, dummy_labels,
+                             input_shape, num_dummies, seed, repeats, shadow,
+                             shadow_epochs, impact, offset)
+    if method == "calibrated":
+        if calibration is None:
+            if dummies is None or dummy_labels is None:
+                raise ValueError("method 'calibrated' needs labelled auxiliary data "
+                                 "(dummies and dummy_labels) or a calibration")
+            calibration = calibrate_counts(model, dummies, dummy_labels, batch_size,
+                                           seed=seed)
+        if not isinstance(calibration, CountCalibration):
+            raise TypeError(f"calibration must be a CountCalibration, "
+                            f"got {type(calibration).__name__}")
+        fitted = (calibration.batch_size, calibration.num_classes)
+        if fitted != (batch_size, num_classes):
+            raise ValueError(f"the calibration is for B = {calibration.batch_size} and "
+                             f"{calibration.num_classes} classes, not B = {batch_size} "
+                             f"and {num_classes}")
+        return allocate(count_survival(calibration, gw, gb), batch_size)
     return _geng(model, gw, gb, batch_size, softmax_mean, feature_sum, dummies,
                  input_shape, num_dummies, seed, refine)
+
+
+def _llg_measured(model, gw, batch_size, method, dummies, dummy_labels, input_shape,
+                  num_dummies, seed, repeats, shadow, shadow_epochs, impact, offset):
+    """LLG+ / LLG*: impact and offset given, or measured on the model or a shadow."""
+    if (impact is None) != (offset is None):
+        raise ValueError("pass both impact and offset, or neither")
+    if impact is None:
+        if method == "llg*":
+            if shadow is None:
+                if dummies is None or dummy_labels is None:
+                    raise ValueError("llg* needs a shadow model or labelled auxiliary "
+                                     "data (dummies and dummy_labels) to train one")
+                shadow = shadow_model(model, dummies, dummy_labels,
+                                      epochs=shadow_epochs, seed=seed)
+            probe = _check_shadow(model, shadow)
+        else:
+            probe = model
+        if dummies is None:
+            if input_shape is None:
+                raise ValueError(f"{method} needs dummies or input_shape "
+                                 "(to draw noise dummies)")
+            dummies = noise_dummies(input_shape, num_dummies, seed)
+        impact, offset = impact_offset(probe, dummies, batch_size, dummy_labels,
+                                       repeats=repeats, seed=seed)
+    offset = torch.as_tensor(offset, dtype=torch.float64)
+    if offset.shape != gw.shape[:1] or not math.isfinite(impact):
+        raise ValueError(f"offset must have shape ({gw.shape[0]},) and impact be "
+                         "finite")
+    return llg_plus(gw, batch_size, impact, offset)
 
 
 def _geng(model, gw, gb, batch_size, softmax_mean, feature_sum, dummies, input_shape,
@@ -344,6 +447,411 @@ def _geng(model, gw, gb, batch_size, softmax_mean, feature_sum, dummies, input_s
     signal = gb if gb is not None else gw.sum(1)
     lower = None if gb is None else count_lower_bounds(gb, batch_size)
     return refine_counts(signal, batch_size, mean, cov, start, lower)
+
+
+# --- LLG+ and LLG*: impact and offset measured on dummy batches ---------------
+
+def _check_dummies(model: nn.Module, dummies, dummy_labels=None, name="dummies"):
+    """Validate the attacker's inputs (N, ...) and optional labels (N,) int64."""
+    if not isinstance(dummies, torch.Tensor) or dummies.dim() < 2 or len(dummies) == 0:
+        raise ValueError(f"{name} must be a non-empty tensor (N, ...) of model inputs, "
+                         f"got {type(dummies).__name__}"
+                         + (f" of shape {tuple(dummies.shape)}"
+                            if isinstance(dummies, torch.Tensor) else ""))
+    if not torch.isfinite(dummies).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    if dummy_labels is None:
+        return None
+    num_classes = last_linear(model).out_features
+    if not isinstance(dummy_labels, torch.Tensor) or dummy_labels.dtype != torch.long:
+        kind = (dummy_labels.dtype if isinstance(dummy_labels, torch.Tensor)
+                else type(dummy_labels).__name__)
+        raise TypeError(f"dummy_labels must be an int64 tensor (N,), got {kind}")
+    if dummy_labels.shape != dummies.shape[:1]:
+        raise ValueError(f"dummy_labels has shape {tuple(dummy_labels.shape)}, "
+                         f"expected ({len(dummies)},): one label per dummy")
+    if ((dummy_labels < 0) | (dummy_labels >= num_classes)).any():
+        raise ValueError(f"dummy_labels must lie in 0..{num_classes - 1}")
+    return dummy_labels
+
+
+def _class_batch(dummies, dummy_labels, label: int, batch_size: int, gen):
+    """B dummies for a batch labelled ``label``: drawn from that class if labelled."""
+    pool = (torch.arange(len(dummies)) if dummy_labels is None
+            else (dummy_labels == label).nonzero().flatten())
+    if len(pool) == 0:
+        raise ValueError(f"dummy_labels has no sample of class {label}: LLG+ needs "
+                         "auxiliary data of every class (or unlabelled dummies)")
+    idx = pool[torch.randint(len(pool), (batch_size,), generator=gen)]
+    return dummies[idx], torch.full((batch_size,), label, dtype=torch.long)
+
+
+def impact_offset(model: nn.Module, dummies: torch.Tensor, batch_size: int,
+                  dummy_labels: torch.Tensor | None = None, repeats: int = 10,
+                  seed: int = 0, local_iterations: int = 1):
+    """LLG+'s impact (float) and per-class offset (C,), from dummy batches.
+
+    Wainakh et al.'s LLG+: for every class i and each of ``repeats`` rounds,
+    run a batch of B dummies all labelled i through the model and take the row
+    sums g^(i) of the last layer's weight gradient. The impact of one sample is
+    mean_i g^(i)_i / B * (1 + 1/C) / local_iterations (negative); the offset of
+    class j is the mean of g^(i)_j over the batches of the other classes i != j
+    (what class j shows when absent). With ``dummy_labels`` the class-i batch
+    is drawn from the dummies of class i (auxiliary data, as in the authors'
+    code); without, from all dummies (noise inputs: data-free).
+    dummies: (N, ...) inputs of the model. Taught in chapter 03.
+    """
+    _check_int(batch_size, "batch_size")
+    _check_int(repeats, "repeats")
+    if not local_iterations > 0:
+        raise ValueError(f"local_iterations must be positive, got {local_iterations!r}")
+    _check_dummies(model, dummies, dummy_labels)
+    num_classes = last_linear(model).out_features
+    gen = torch.Generator().manual_seed(seed)
+    dtype = next(model.parameters()).dtype
+    impact, offset = 0.0, torch.zeros(num_classes, dtype=torch.float64)
+    with _unchanged(model):
+        for _ in range(repeats):
+            for i in range(num_classes):
+                xb, yb = _class_batch(dummies, dummy_labels, i, batch_size, gen)
+                grads = shared_gradients(model, xb.to(dtype), yb)
+                g = last_layer_grads(model, grads)[0].sum(1)
+                impact += float(g[i]) / (num_classes * batch_size)
+                offset += g
+                offset[i] -= g[i]
+    impact = impact / repeats * (1 + 1 / num_classes) / local_iterations
+    return impact, offset / (repeats * (num_classes - 1))
+
+
+def llg_plus(gw: torch.Tensor, batch_size: int, impact: float,
+             offset: torch.Tensor) -> torch.Tensor:
+    """LLG+'s prediction from the row sums of dL/dW (C, n); returns (B,).
+
+    Stage 1: every class with a negative row sum g_i (most negative first) is
+    taken once. The offsets are subtracted from g, and each pick adds the
+    (negative) impact back to the picked class. Stage 2: the remaining labels
+    go one at a time to argmin g, and the *picked* class gets the impact (a
+    public port updates a stale index here, so that class is never corrected
+    and every remaining label goes to it). Taught in chapter 03.
+    """
+    g = gw.sum(1)
+    present = sorted((g < 0).nonzero().flatten().tolist(), key=lambda i: float(g[i]))
+    g = g - torch.as_tensor(offset, dtype=g.dtype)
+    labels = []
+    for i in present[:batch_size]:
+        labels.append(i)
+        g[i] -= impact
+    while len(labels) < batch_size:
+        pick = int(g.argmin())
+        labels.append(pick)
+        g[pick] -= impact
+    return _sorted(labels)
+
+
+def shadow_model(model: nn.Module, dummies: torch.Tensor, dummy_labels: torch.Tensor,
+                 epochs: int = 10, lr: float = 1e-2, seed: int = 0) -> nn.Module:
+    """LLG*'s shadow: the model's architecture with fresh weights, trained on aux data.
+
+    A deep copy of ``model`` whose layers are re-initialised with PyTorch's
+    defaults (``reset_parameters``, seeded) and trained for ``epochs`` epochs
+    of Adam on (dummies, dummy_labels); ``epochs=0`` gives an untrained shadow.
+    The model itself is not touched. Taught in chapter 03.
+    """
+    _check_dummies(model, dummies, dummy_labels)
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
+    shadow = copy.deepcopy(model)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for module in shadow.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+    if epochs:
+        train_classifier(shadow, dummies, dummy_labels, epochs=epochs, lr=lr, seed=seed)
+    return shadow
+
+
+def _check_shadow(model: nn.Module, shadow) -> nn.Module:
+    if not isinstance(shadow, nn.Module):
+        raise TypeError(f"shadow must be a torch.nn.Module, "
+                        f"got {type(shadow).__name__}")
+    shapes = [tuple(p.shape) for p in model.parameters()]
+    if [tuple(p.shape) for p in shadow.parameters()] != shapes:
+        raise ValueError("shadow must have the model's architecture: its parameter "
+                         "shapes differ from the model's")
+    return shadow
+
+
+# --- calibrated counts: this book's method for trained networks ----------------
+
+#: batch sizes at which the count model is fitted; other k are interpolated in log k
+COUNT_GRID = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+
+
+def span_test(gw: torch.Tensor, gb: torch.Tensor | None, batch_size: int,
+              tol: float = 1e-10, kappa: float = 1e-5) -> torch.Tensor:
+    """Classes certified absent from the batch, (C,) bool; data-free.
+
+    G = B [dL/dW, dL/db] = sum_k e_k [h_k; 1]^T (C, n + 1), with e_k = p_k - y_k,
+    so the columns of G span {e_1, ..., e_B}: a B-dimensional subspace when
+    B <= C - 2. Each e_k is > 0 everywhere except at its own label. So class c
+    can be in the batch only if the span holds a vector > 0 at every j != c;
+    with Q (C, B) an orthonormal basis of the span, Gordan's theorem says no
+    such vector exists exactly when the origin lies in the convex hull of the
+    rows q_j, j != c (tested by non-negative least squares, distance < tol).
+    Returns all False when B > C - 2, or when the B-th singular value of G is
+    below ``kappa`` times the largest (a sample lost in float32 rounding would
+    make the span wrong). Taught in chapter 03.
+    """
+    num_classes = gw.shape[0]
+    excluded = torch.zeros(num_classes, dtype=torch.bool)
+    if batch_size > num_classes - 2:
+        return excluded
+    G = gw.double() if gb is None else torch.cat([gw.double(), gb.double()[:, None]], 1)
+    u, s, _ = torch.linalg.svd(G, full_matrices=False)
+    if not s[batch_size - 1] >= kappa * s[0]:
+        return excluded
+    q = u[:, :batch_size].numpy()
+    system = np.vstack([q.T, 1e3 * np.ones(num_classes)])  # last row: weights sum to 1
+    target = np.r_[np.zeros(batch_size), 1e3]
+    for c in range(num_classes):
+        others = np.r_[0:c, c + 1:num_classes]
+        weights, _ = nnls(system[:, others], target)
+        excluded[c] = bool(np.linalg.norm(q[others].T @ weights) < tol)
+    return excluded
+
+
+def _slog(x: torch.Tensor) -> torch.Tensor:
+    return torch.sign(x) * torch.log10(1 + x.abs() / 1e-4)
+
+
+def _rank(x: torch.Tensor) -> torch.Tensor:
+    return x.argsort(-1, descending=True).argsort(-1).double() / (x.shape[-1] - 1)
+
+
+def _evidence(gw: torch.Tensor, gb: torch.Tensor, batch_size: int, params: dict,
+              excluded: torch.Tensor) -> torch.Tensor:
+    """Per-class evidence (S, C, F) from S batches: gw (S, C, n), gb (S, C) times B.
+
+    Statistics of class c: the bias gradient; its own error after demixing the
+    last layer by a linear class indicator of the features (A = G U, column
+    c ~ sum of the errors of class-c samples); the most negative and most
+    positive entries of row c of dL/dW (Yin's statistic); the negative mass of
+    row c of A; the cosine of row c with class c's mean feature, and the most
+    negative cosine with any class; Geng's zero-shot count; the span test.
+    Each statistic enters as a signed log, divided by the batch's largest,
+    and as its rank in the batch.
+    """
+    G = torch.cat([gw, gb[..., None]], -1)
+    A = G @ params["indicator"]
+    cos = (G / G.norm(dim=-1, keepdim=True).clamp_min(1e-300)) @ params["prototypes"].T
+    stats = [-gb, -A.diagonal(dim1=-2, dim2=-1), -gw.amin(-1), gw.amax(-1),
+             (-A).clamp(min=0).sum(-1), -cos.diagonal(dim1=-2, dim2=-1), -cos.amin(-1)]
+    cols = []
+    for x in stats:
+        scale = x.abs().amax(-1, keepdim=True).clamp_min(1e-300)
+        cols += [_slog(x), x / scale, _rank(x)]
+    geng_counts = batch_size * params["softmax_mean"] - gb
+    cols += [geng_counts / batch_size, torch.log1p(geng_counts.clamp(min=0)),
+             geng_counts]
+    out = excluded.double()
+    valid = excluded.any(-1, keepdim=True).double().expand_as(out)
+    kept = (1 - out).sum(-1, keepdim=True).expand_as(out)
+    cols += [out, valid, valid * (kept <= batch_size), valid * (batch_size - kept)
+             / batch_size, valid * kept / out.shape[-1]]
+    return torch.stack(cols, -1)
+
+
+def _fit_logistic(X: torch.Tensor, t: torch.Tensor, ridge: float,
+                  iters: int = 25) -> torch.Tensor:
+    """Ridge logistic regression (Newton's method); weights (F + 1,), intercept last."""
+    X1 = torch.cat([X, torch.ones(len(X), 1, dtype=X.dtype)], 1)
+    w = torch.zeros(X1.shape[1], dtype=X.dtype)
+    penalty = ridge * torch.eye(len(w), dtype=X.dtype)
+    penalty[-1, -1] = 1e-6
+    for _ in range(iters):
+        p = torch.sigmoid(X1 @ w)
+        grad = X1.T @ (p - t) + penalty @ w
+        hess = (X1 * (p * (1 - p))[:, None]).T @ X1 + penalty
+        step = torch.linalg.solve(hess, grad)
+        w = w - step
+        if step.abs().max() < 1e-8:
+            break
+    return w
+
+
+def _last_layer_terms(model: nn.Module, dummies: torch.Tensor, labels: torch.Tensor):
+    """Per-sample features h~ = [h; 1] (N, n + 1) and errors p - y (N, C), float64."""
+    stats = dummy_stats(model, dummies)
+    feats = stats["features"]
+    ones = torch.ones(len(feats), 1, dtype=torch.float64)
+    onehot = torch.nn.functional.one_hot(labels, stats["probs"].shape[1]).double()
+    return torch.cat([feats, ones], 1), stats["probs"], stats["probs"] - onehot
+
+
+def _fold_params(feats, probs, labels, num_classes):
+    """The linear class indicator U, unit class-mean features and the softmax mean."""
+    onehot = torch.nn.functional.one_hot(labels, num_classes).double()
+    gram = feats.T @ feats + 1e-3 * torch.eye(feats.shape[1], dtype=torch.float64)
+    means = torch.stack([feats[labels == c].mean(0) for c in range(num_classes)])
+    return {"indicator": torch.linalg.solve(gram, feats.T @ onehot),
+            "prototypes": means / means.norm(dim=1, keepdim=True).clamp_min(1e-300),
+            "softmax_mean": probs.mean(0)}
+
+
+def _simulate(feats, errors, labels, batch_size, simulations, alpha, rng):
+    """Batches drawn from aux data: label shares pi ~ Dirichlet(a), a log-uniform.
+
+    Returns B times the last-layer gradients gw (S, C, n + 1 - 1), gb (S, C),
+    rounded to float32 like a real shared gradient, and the counts (S, C).
+    """
+    num_classes = errors.shape[1]
+    a = np.exp(rng.uniform(np.log(alpha[0]), np.log(alpha[1]), simulations))
+    shares = rng.gamma(np.repeat(a[:, None], num_classes, 1))
+    shares /= shares.sum(1, keepdims=True)
+    drawn = (rng.random((simulations, batch_size, 1))
+             > np.cumsum(shares, 1)[:, None, :]).sum(-1).clip(max=num_classes - 1)
+    pools = [np.nonzero(labels.numpy() == c)[0] for c in range(num_classes)]
+    sizes = np.array([len(p) for p in pools])
+    table = np.zeros((num_classes, sizes.max()), dtype=np.int64)
+    for c, p in enumerate(pools):
+        table[c, :len(p)] = p
+    idx = table[drawn, (rng.random(drawn.shape) * sizes[drawn]).astype(np.int64)]
+    mult = np.zeros((simulations, len(labels)))
+    np.add.at(mult, (np.arange(simulations)[:, None], idx), 1.0)
+    mult = torch.as_tensor(mult)
+    weighted = mult[:, :, None] * errors[None]                         # (S, N, C)
+    g = weighted.transpose(1, 2) @ feats                               # (S, C, n + 1)
+    g = (g / batch_size).float().double() * batch_size
+    counts = torch.as_tensor(np.stack([np.bincount(d, minlength=num_classes)
+                                       for d in drawn]))
+    return g[..., :-1], g[..., -1], counts
+
+
+@dataclass
+class CountCalibration:
+    """A fitted count model for one model and batch size (see :func:`calibrate_counts`).
+
+    folds: per fold, the statistics' parameters and, for each k of ``grid``,
+    the logistic weights of P(n_c >= k) (or a constant when k never or
+    always occurred in the simulation).
+    """
+    batch_size: int
+    num_classes: int
+    grid: tuple
+    folds: list = field(repr=False)
+
+
+def calibrate_counts(model: nn.Module, dummies: torch.Tensor,
+                     dummy_labels: torch.Tensor, batch_size: int, *,
+                     simulations: int = 400, alpha: tuple = (0.3, 30.0),
+                     ridge: float = 0.1, seed: int = 0) -> CountCalibration:
+    """Fit P(n_c >= k | evidence) on batches simulated from labelled auxiliary data.
+
+    The attacker holds labelled data of the client's distribution (not the
+    client's batch). It splits it into two halves by class; the statistics'
+    parameters (class indicator, mean features, softmax mean) come from one
+    half, and ``simulations`` batches of size B are drawn from the other, with
+    label shares pi ~ Dirichlet(a 1), a log-uniform on ``alpha`` (the
+    attacker's prior: from skewed to nearly uniform label mixes). Their
+    last-layer gradients are exact sums of per-sample terms, so simulating
+    costs a few matrix products. For each k of the grid a ridge logistic
+    regression maps the evidence of class c (:func:`_evidence`) to
+    P(n_c >= k); the halves then swap roles. dummies (N, ...) with
+    dummy_labels (N,), at least two samples of every class. Taught in chapter 03.
+    """
+    _check_int(batch_size, "batch_size")
+    _check_int(simulations, "simulations")
+    if simulations < 10:
+        raise ValueError(f"simulations must be at least 10, got {simulations}")
+    if (not isinstance(alpha, (tuple, list)) or len(alpha) != 2
+            or not 0 < alpha[0] <= alpha[1] < math.inf):
+        raise ValueError(f"alpha must be a pair 0 < low <= high, got {alpha!r}")
+    if not ridge > 0:
+        raise ValueError(f"ridge must be positive, got {ridge!r}")
+    if dummy_labels is None:
+        raise ValueError("calibrated counts need labelled auxiliary data: "
+                         "pass dummy_labels")
+    _check_dummies(model, dummies, dummy_labels)
+    num_classes = last_linear(model).out_features
+    per_class = torch.bincount(dummy_labels, minlength=num_classes)
+    if per_class.min() < 2:
+        raise ValueError(f"dummy_labels must hold at least two samples of every class, "
+                         f"got counts {per_class.tolist()}")
+    feats, probs, errors = _last_layer_terms(model, dummies, dummy_labels)
+    rng = np.random.default_rng(seed)
+    halves = [[], []]
+    for c in range(num_classes):
+        members = rng.permutation(np.nonzero(dummy_labels.numpy() == c)[0])
+        halves[0] += members[0::2].tolist()
+        halves[1] += members[1::2].tolist()
+    grid = tuple(k for k in COUNT_GRID if k <= batch_size)
+    folds = []
+    for own, other in (halves, halves[::-1]):
+        own, other = torch.tensor(own), torch.tensor(other)
+        params = _fold_params(feats[own], probs[own], dummy_labels[own], num_classes)
+        gw, gb, counts = _simulate(feats[other], errors[other], dummy_labels[other],
+                                   batch_size, simulations, alpha, rng)
+        excluded = torch.stack([span_test(w, b, batch_size) for w, b in zip(gw, gb)])
+        X = _evidence(gw, gb, batch_size, params, excluded).flatten(0, 1)
+        counts = counts.flatten()
+        weights = {}
+        for k in grid:
+            target = (counts >= k).double()
+            weights[k] = (float(target[0]) if target.min() == target.max()
+                          else _fit_logistic(X, target, ridge))
+        folds.append((params, weights))
+    return CountCalibration(batch_size, num_classes, grid, folds)
+
+
+def count_survival(calibration: CountCalibration, gw: torch.Tensor,
+                   gb: torch.Tensor) -> torch.Tensor:
+    """P(n_c >= k) for k = 1..B, shape (C, B), from one shared last-layer gradient.
+
+    gw (C, n), gb (C,): the shared (mean) gradients. The two halves' models
+    are averaged, interpolated in log k between grid points and made
+    non-increasing in k; then the certainties are imposed: classes the span
+    test excludes get 0, and k <= ceil(-B dL/db_c) gets 1. Taught in chapter 03.
+    """
+    batch = calibration.batch_size
+    gw, gb = batch * gw.double(), batch * gb.double()
+    excluded = span_test(gw, gb, batch)
+    logk = torch.log(torch.arange(1, batch + 1, dtype=torch.float64)).numpy()
+    grid_logk = np.log(calibration.grid)
+    surv = torch.zeros(calibration.num_classes, batch, dtype=torch.float64)
+    for params, weights in calibration.folds:
+        X = _evidence(gw[None], gb[None], batch, params, excluded[None])[0]
+        X1 = torch.cat([X, torch.ones(len(X), 1, dtype=X.dtype)], 1)
+        logits = torch.stack([torch.full((len(X),), 30.0 if w else -30.0)
+                              if isinstance(w, float) else X1 @ w
+                              for w in (weights[k] for k in calibration.grid)], 1)
+        for c in range(calibration.num_classes):
+            curve = np.interp(logk, grid_logk, logits[c].numpy())
+            surv[c] += torch.sigmoid(torch.as_tensor(curve))
+    surv = (surv / len(calibration.folds)).cummin(1).values
+    surv[excluded] = 0.0
+    low = count_lower_bounds(gb / batch, batch)
+    for c in range(calibration.num_classes):
+        surv[c, :int(low[c])] = 1.0
+    return surv
+
+
+def allocate(survival: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """The label multiset (B,) with the largest expected multiset accuracy.
+
+    survival (C, B): P(n_c >= k). The expected accuracy of counts m is
+    (1/B) sum_c sum_{k <= m_c} P(n_c >= k) (linearity of expectation), a sum
+    of per-class gains that shrink with k, so giving each of the B labels in
+    turn to the class with the largest next gain is optimal. Taught in chapter 03.
+    """
+    num_classes = survival.shape[0]
+    counts = torch.zeros(num_classes, dtype=torch.long)
+    rows = torch.arange(num_classes)
+    for _ in range(batch_size):
+        gain = survival[rows, counts.clamp(max=batch_size - 1)].clone()
+        gain[counts >= batch_size] = -1.0
+        counts[int(gain.argmax())] += 1
+    return _sorted(torch.repeat_interleave(rows, counts))
 
 
 # --- batches for experiments -------------------------------------------------

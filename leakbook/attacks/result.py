@@ -5,6 +5,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .. import checks
+
 
 @dataclass
 class Reconstruction:
@@ -24,6 +26,20 @@ class Reconstruction:
     loss_history: list[float] = field(default_factory=list)
     wall_time: float = 0.0
     stats: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("images", "labels"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, torch.Tensor):
+                checks.fail(name, "a torch.Tensor or None", value, TypeError)
+        if isinstance(self.loss_history, tuple):
+            self.loss_history = list(self.loss_history)
+        if not isinstance(self.loss_history, list):
+            checks.fail("loss_history", "a list of numbers", self.loss_history,
+                        TypeError)
+        self.wall_time = checks.number(self.wall_time, "wall_time", minimum=0)
+        if not isinstance(self.stats, dict):
+            checks.fail("stats", "a dict", self.stats, TypeError)
 
     def __repr__(self) -> str:
         shape = None if self.images is None else tuple(self.images.shape)

@@ -1,0 +1,390 @@
+"""No hidden mutation: every public entry point leaves its inputs as it found them.
+
+The framework (issue 14, item 2): ``snapshot`` records, bit for bit, every
+tensor, model and list reachable from a call's arguments: a model's
+parameters and buffers (values, dtype, shape, version counter), the training
+flag of each submodule, each parameter's requires_grad flag and .grad, and
+the items of every list (so an appended, removed or replaced tensor shows).
+It also records the process-wide state a library function must not touch:
+torch's, NumPy's and Python's random generators, torch's thread count, default
+dtype and grad mode, and matplotlib's rcParams. ``check_call`` snapshots,
+calls, snapshots again and lists every difference; it also fails if a
+returned tensor shares memory with an input (a caller editing the result in
+place would change its model or data).
+
+The table ``CASES`` holds one row per public entry point: a name and a
+function that builds a fresh call ``(fn, args, kwargs)``. Phase 2 adds the
+attacks, ``security``, ``defenses`` and ``models`` (see tests/ROBUSTNESS.md).
+Rows whose purpose is global state (``seed_everything``, ``book_style``) skip
+that part of the check: ``Case(..., global_state=False)``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import random
+from typing import Callable, NamedTuple
+
+import matplotlib
+import numpy as np
+import pytest
+import torch
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+import leakbook as lb  # noqa: E402
+from leakbook import checks, data, fl, isolation, metrics, models, viz  # noqa: E402
+from leakbook.attacks import analytic  # noqa: E402
+
+F64 = torch.float64
+
+
+# --- the framework --------------------------------------------------------------
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """The tensor's bytes (NaN-safe, dtype-agnostic), detached and copied."""
+    t = t.detach()
+    if t.numel() == 0:
+        return torch.zeros(0, dtype=torch.uint8)
+    return t.contiguous().reshape(-1).view(torch.uint8).clone()
+
+
+def _tensor_record(t: torch.Tensor) -> tuple:
+    return (t.dtype, tuple(t.shape), t.device, t.requires_grad, t._version, _bits(t))
+
+
+def _module_record(m: torch.nn.Module) -> dict:
+    params = dict(m.named_parameters(remove_duplicate=False))
+    return {
+        "parameters": {k: (id(p), _tensor_record(p)) for k, p in params.items()},
+        "buffers": {k: (id(b), _tensor_record(b))
+                    for k, b in m.named_buffers(remove_duplicate=False)},
+        "training": {k: sub.training for k, sub in m.named_modules()},
+        "grads": {k: None if p.grad is None else _tensor_record(p.grad)
+                  for k, p in params.items()},
+        "modules": {k: id(sub) for k, sub in m.named_modules()},
+    }
+
+
+def snapshot(obj):
+    """A bitwise record of obj and of every tensor, module and list inside it."""
+    if isinstance(obj, torch.nn.Module):
+        return ("module", _module_record(obj))
+    if isinstance(obj, torch.Tensor):
+        return ("tensor", _tensor_record(obj))
+    if isinstance(obj, np.ndarray):
+        return ("array", obj.dtype, obj.shape, obj.tobytes())
+    if isinstance(obj, (list, tuple)):
+        return (type(obj).__name__, [id(v) for v in obj], [snapshot(v) for v in obj])
+    if isinstance(obj, dict):
+        return ("dict", {k: (id(v), snapshot(v)) for k, v in obj.items()})
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return ("dataclass", {f.name: snapshot(getattr(obj, f.name))
+                              for f in dataclasses.fields(obj)})
+    return ("other", id(obj))
+
+
+def global_state() -> dict:
+    """Process-wide state that no library call may change."""
+    return {
+        "torch_rng": torch.get_rng_state(),
+        "numpy_rng": np.random.get_state()[1].tobytes(),
+        "python_rng": random.getstate(),
+        "threads": torch.get_num_threads(),
+        "default_dtype": torch.get_default_dtype(),
+        "grad_enabled": torch.is_grad_enabled(),
+        "rcparams": {k: repr(v) for k, v in matplotlib.rcParams.items()},
+    }
+
+
+def differences(before, after, where: str = "") -> list[str]:
+    """Where two snapshots differ, in words."""
+    if isinstance(before, torch.Tensor):
+        return [] if torch.equal(before, after) else [where]
+    if type(before) is not type(after):
+        return [f"{where}: kind changed"]
+    if isinstance(before, dict):
+        if before.keys() != after.keys():
+            return [f"{where}: keys {sorted(map(str, before))} -> "
+                    f"{sorted(map(str, after))}"]
+        return [d for k in before for d in differences(before[k], after[k],
+                                                        f"{where}[{k!r}]")]
+    if isinstance(before, (list, tuple)):
+        if len(before) != len(after):
+            return [f"{where}: length {len(before)} -> {len(after)}"]
+        return [d for i, (a, b) in enumerate(zip(before, after))
+                for d in differences(a, b, f"{where}[{i}]")]
+    return [] if before == after else [f"{where}: {before!r} -> {after!r}"]
+
+
+def _storages(obj, out: set, seen: set) -> set:
+    """data_ptrs of the storages of every tensor in obj (models included)."""
+    if id(obj) in seen:
+        return out
+    seen.add(id(obj))
+    if isinstance(obj, torch.Tensor):
+        if obj.untyped_storage().nbytes() > 0:
+            out.add(obj.untyped_storage().data_ptr())
+    elif isinstance(obj, torch.nn.Module):
+        for t in [*obj.parameters(), *obj.buffers()]:
+            _storages(t, out, seen)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            _storages(v, out, seen)
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            _storages(v, out, seen)
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        for f in dataclasses.fields(obj):
+            _storages(getattr(obj, f.name), out, seen)
+    return out
+
+
+def check_call(fn: Callable, args: tuple, kwargs: dict, global_state_too: bool = True,
+               may_alias: bool = False):
+    """Call fn(*args, **kwargs); fail if anything reachable from the inputs changed."""
+    inputs = (args, kwargs)
+    before, state = snapshot(inputs), global_state()
+    result = fn(*args, **kwargs)
+    problems = differences(before, snapshot(inputs), "inputs")
+    if global_state_too:
+        problems += differences(state, global_state(), "global")
+    if not may_alias:
+        shared = _storages(result, set(), set()) & _storages(inputs, set(), set())
+        if shared:
+            problems.append("the result shares memory with an input")
+    assert not problems, f"{fn.__qualname__} changed: " + "; ".join(problems[:8])
+    return result
+
+
+# --- the table ------------------------------------------------------------------
+
+class Case(NamedTuple):
+    name: str
+    make: Callable[[], tuple]          # -> (fn, args, kwargs), fresh each time
+    global_state: bool = True          # False: changing global state is its job
+    may_alias: bool = False            # True: returning a view of an input is its job
+
+
+def _mlp(**kw):
+    return models.build("mlp", in_features=64, widths=(16,), seed=0, **kw)
+
+
+def _digits(n=4, dtype=torch.float32):
+    return data.load("digits", n, seed=1, dtype=dtype)
+
+
+def _bn_net():
+    """A model with BatchNorm in train mode (running statistics that could leak)."""
+    return models.build("resnet_tiny", in_channels=1, image_size=8, width=4, seed=0)
+
+
+def _fc_case():
+    x, y = _digits(1, F64)
+    net = _mlp(dtype=F64)
+    gw, gb = fl.shared_gradients(net, x, y)[:2]
+    return x, y, net, gw, gb
+
+
+def _solve_case():
+    gen = torch.Generator().manual_seed(0)
+    deltas = torch.randn(3, 6, generator=gen, dtype=F64)
+    xs = torch.randn(3, 5, generator=gen, dtype=F64)
+    return deltas.T @ xs, deltas
+
+
+def _last_layer_case():
+    gen = torch.Generator().manual_seed(1)
+    w = torch.randn(5, 4, generator=gen, dtype=F64)
+    b = torch.randn(5, generator=gen, dtype=F64)
+    xs = torch.randn(3, 4, generator=gen, dtype=F64)
+    labels = torch.tensor([0, 2, 4])
+    d = analytic.last_layer_deltas(xs @ w.T + b, labels)
+    return d.T @ xs, w, b, labels
+
+
+def _images(n=3, seed=2):
+    return torch.rand(n, 3, 8, 8, generator=torch.Generator().manual_seed(seed))
+
+
+def _updates():
+    net = _mlp()
+    return [[torch.full_like(p, float(k)) for p in net.parameters()] for k in range(3)]
+
+
+def _figure():
+    fig, _ = plt.subplots(figsize=(3, 2))
+    return fig
+
+
+def _animation():
+    from matplotlib import animation
+    fig, ax = plt.subplots(figsize=(2, 2))
+    return animation.FuncAnimation(fig, lambda k: ax.set_title(f"{k}"), frames=2)
+
+
+CASES = [
+    # fl
+    Case("fl.loss_fn", lambda: (fl.loss_fn, ("ce",), {})),
+    Case("fl.forward", lambda: (fl.forward, (_bn_net(), torch.rand(2, 1, 8, 8)), {})),
+    Case("fl.shared_gradients", lambda: (fl.shared_gradients, (_mlp(), *_digits()), {})),
+    Case("fl.shared_gradients[batchnorm]",
+         lambda: (fl.shared_gradients, (_bn_net(), torch.rand(4, 1, 8, 8),
+                                        torch.tensor([0, 1, 2, 3])), {})),
+    Case("fl.shared_gradients[eval mode]",
+         lambda: (fl.shared_gradients, (_bn_net().eval(), torch.rand(4, 1, 8, 8),
+                                        torch.tensor([0, 1, 2, 3])), {})),
+    Case("fl.shared_gradients[create_graph]",
+         lambda: (fl.shared_gradients,
+                  (_mlp(), torch.rand(2, 1, 8, 8, requires_grad=True),
+                   torch.tensor([1, 2])), {"create_graph": True})),
+    Case("fl.client_update",
+         lambda: (fl.client_update, (_mlp(), *_digits()),
+                  {"lr": 0.1, "local_steps": 3, "batch_size": 2})),
+    Case("fl.client_update[batchnorm]",
+         lambda: (fl.client_update, (_bn_net(), torch.rand(4, 1, 8, 8),
+                                     torch.tensor([0, 1, 2, 3])), {"local_steps": 2})),
+    Case("fl.fedavg", lambda: (fl.fedavg, (_updates(),), {"weights": [1, 2, 3]})),
+    Case("fl.fedavg[one update]", lambda: (fl.fedavg, (_updates()[:1],), {})),
+    # data
+    Case("data.load", lambda: (data.load, ("photos", 2), {"seed": 3, "size": 8})),
+    Case("data.load[labels]",
+         lambda: (data.load, ("digits", 0), {"labels": torch.tensor([3, 3, 1])})),
+    Case("data.evaluation_set", lambda: (data.evaluation_set, ("dev",), {"size": 8})),
+    Case("data.is_varied", lambda: (data.is_varied, (_images(1)[0],), {})),
+    Case("data.describe", lambda: (data.describe, (), {})),
+    # metrics
+    Case("metrics.mse", lambda: (metrics.mse, (_images(), _images(seed=3)), {})),
+    Case("metrics.psnr", lambda: (metrics.psnr, (_images(), _images(seed=3)), {})),
+    Case("metrics.ssim", lambda: (metrics.ssim, (_images(), _images(seed=3)), {})),
+    Case("metrics.label_accuracy",
+         lambda: (metrics.label_accuracy, (torch.tensor([1, 2]), torch.tensor([2, 2])),
+                  {})),
+    Case("metrics.match", lambda: (metrics.match, (_images(), _images(seed=3)), {})),
+    Case("metrics.flat_baseline", lambda: (metrics.flat_baseline, (_images(),), {})),
+    Case("metrics.summarize", lambda: (metrics.summarize, ([3.0, 1.0, 2.0],), {})),
+    Case("metrics.report",
+         lambda: (metrics.report, (_images(), _images(seed=3), torch.tensor([1, 2, 3]),
+                                   torch.tensor([3, 2, 1])), {})),
+    # analytic
+    Case("attacks.invert_fc", lambda: (analytic.invert_fc, _fc_case()[3:], {})),
+    Case("FCInversion.to_reconstruction",
+         lambda: (analytic.invert_fc(*_fc_case()[3:]).to_reconstruction,
+                  ((1, 8, 8),), {})),
+    Case("attacks.solve_fc_inputs", lambda: (analytic.solve_fc_inputs, _solve_case(), {})),
+    Case("attacks.last_layer_deltas",
+         lambda: (analytic.last_layer_deltas, (torch.zeros(3, 5, dtype=F64),
+                                               torch.tensor([0, 2, 4])), {})),
+    Case("attacks.solve_last_layer_inputs",
+         lambda: (analytic.solve_last_layer_inputs, _last_layer_case(), {"steps": 5})),
+    Case("Reconstruction",
+         lambda: (lb.Reconstruction, (_images(),), {"labels": torch.tensor([1, 2, 3])}),
+         may_alias=True),  # a record of the tensors it is given
+    # isolation
+    Case("isolation.isolation_trial", lambda: (isolation.isolation_trial, (8, 3, 0), {})),
+    Case("isolation.isolation_probabilities",
+         lambda: (isolation.isolation_probabilities, (3, 0), {"rows": 100})),
+    # viz (figures are closed after each call)
+    Case("viz.check_figure", lambda: (viz.check_figure, (_figure(),), {})),
+    Case("viz.panel_grid", lambda: (viz.panel_grid, (4,), {})),
+    Case("viz.mark_baseline",
+         lambda: (viz.mark_baseline, (plt.subplots(figsize=(3, 2))[1], 12.5), {})),
+    Case("viz.to_numpy_image", lambda: (viz.to_numpy_image, (_images(1)[0],), {})),
+    Case("viz.show_images", lambda: (viz.show_images, (_images(),), {"titles": ["a", "b", "c"]})),
+    Case("viz.compare", lambda: (viz.compare, (_images(), _images(seed=3)), {})),
+    Case("viz.plot_curves",
+         lambda: (viz.plot_curves, ({"a": ([1, 2], [3, 4])}, "x", "y"), {})),
+    Case("viz.animation_html", lambda: (viz.animation_html, (_animation(),), {})),
+    # changing global state is their purpose: inputs only
+    Case("seed_everything", lambda: (lb.seed_everything, (0,), {"threads": 1}),
+         global_state=False),
+    Case("viz.book_style", lambda: (viz.book_style, (), {}), global_state=False),
+    # the validation layer itself returns what it checked (a view or the object)
+    Case("checks.check_grads",
+         lambda: (checks.check_grads, (_mlp(), list(_mlp().parameters())), {}),
+         may_alias=True),
+    Case("checks.tensor_lists", lambda: (checks.tensor_lists, (_updates(), "updates"), {}),
+         may_alias=True),
+    Case("checks.labels", lambda: (checks.labels, (torch.tensor([1, 2]),), {}),
+         may_alias=True),
+]
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_entry_point_changes_nothing(case):
+    fn, args, kwargs = case.make()
+    before = (torch.get_num_threads(), dict(matplotlib.rcParams))
+    torch.set_num_threads(2)  # entry points that compute on one thread restore 2
+    try:
+        check_call(fn, args, kwargs, case.global_state, case.may_alias)
+    finally:  # the two rows that set global state on purpose are undone
+        torch.set_num_threads(before[0])
+        matplotlib.rcParams.update(before[1])
+
+
+def _in_place(t, fn):
+    with torch.no_grad():
+        fn(t)
+
+
+MUTATIONS = {
+    "buffer": lambda m, g: m[1].running_mean.add_(1),
+    "parameter value": lambda m, g: m[0].weight.data.add_(1),
+    "parameter written back unchanged": lambda m, g: _in_place(m[0].weight,
+                                                               lambda t: t.mul_(1.0)),
+    "parameter replaced": lambda m, g: setattr(m[0], "weight", torch.nn.Parameter(
+        m[0].weight.detach().clone())),
+    "training flag": lambda m, g: m[1].eval(),
+    "requires_grad": lambda m, g: m[0].weight.requires_grad_(False),
+    ".grad": lambda m, g: setattr(m[0].weight, "grad", torch.zeros(2, 1)),
+    "gradient list": lambda m, g: g.append(torch.zeros(1)),
+    "gradient replaced": lambda m, g: g.__setitem__(0, g[0].clone()),
+    "gradient value": lambda m, g: g[0].mul_(2),
+    "global RNG": lambda m, g: torch.rand(1),
+    "thread count": lambda m, g: torch.set_num_threads(3),
+    "result aliases an input": lambda m, g: g[0][:1],
+}
+
+
+@pytest.mark.parametrize("what", list(MUTATIONS))
+def test_the_snapshot_sees_every_kind_of_change(what):
+    """The framework catches what it claims to: each mutation is reported."""
+    model = torch.nn.Sequential(torch.nn.Linear(1, 2), torch.nn.BatchNorm1d(2))
+    grads = [torch.ones(2)]
+    threads = torch.get_num_threads()
+    try:
+        with pytest.raises(AssertionError, match="changed"):
+            check_call(MUTATIONS[what], (model, grads), {})
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_shared_gradients_leave_batchnorm_statistics_alone():
+    """Issue 14: after a simulated client step the server's BN prior targets
+    held the victim batch's statistics. Now the buffers stay bit-identical,
+    the mode is the caller's, and BN still normalises with batch statistics
+    in train mode (the gradient differs from the eval-mode one)."""
+    net = _bn_net()
+    x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1, 2, 3])
+    buffers = {k: b.clone() for k, b in net.named_buffers()}
+    train = fl.shared_gradients(net, x, y)
+    update = fl.client_update(net, x, y, local_steps=2)
+    assert all(torch.equal(b, buffers[k]) for k, b in net.named_buffers())
+    assert net.training and all(m.training for m in net.modules())
+    net.eval()
+    evaluated = fl.shared_gradients(net, x, y)
+    assert not net.training
+    assert not torch.allclose(train[0], evaluated[0])  # batch vs running statistics
+    assert len(update) == len(train)
+    # what happened before: a plain forward pass in train mode writes the
+    # batch's statistics into the running buffers, which the BN prior reads
+    net.train()
+    net(x)
+    assert not torch.equal(net[1].running_mean, buffers["1.running_mean"])
