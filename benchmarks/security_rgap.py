@@ -11,6 +11,8 @@ crops and the face. Per model and image: the PSNR (peak 1, clamped to the
 data range, capped at 300 dB), or the error if R-GAP refuses the model; the
 flat baseline (the image's own mean colour); the PSNR caps of the blind
 pixels for the three fills. Metrics read the truth; the attack never does.
+Per model also the parameter count and the accuracy proxy of
+``benchmarks.security.probe_accuracy`` (a ridge probe on random features).
 (The audits are architecture-only and live in ``security_bench.json``.)
 """
 from __future__ import annotations
@@ -24,7 +26,7 @@ import leakbook as lb
 from leakbook import fl, metrics, security
 
 from .common import command_line, provenance, write
-from .security import IMAGES, attacks, data, run_attack, zoo
+from .security import IMAGES, attacks, data, probe_accuracy, run_attack, zoo
 
 #: PSNRs (capped at 60 dB in the cheap run) within 0.05 dB
 TOLERANCE = {"rel": 0.0, "abs": 0.05}
@@ -37,7 +39,11 @@ def model_row(entry, images=IMAGES) -> dict:
     flat = entry["name"] == "fcn3"
     blind = security.blind_spot(model, (math.prod(shape),) if flat else shape)
     blind = blind.reshape(shape)
-    row = dict(name=entry["name"], family=entry["family"], rgap=[], baseline=[],
+    _, _, shift = data(entry, images[0])
+    probe = probe_accuracy(model, entry["channels"], entry["size"], flat, shift)
+    row = dict(name=entry["name"], family=entry["family"],
+               parameters=sum(p.numel() for p in model.parameters()),
+               probe_accuracy=round(probe, 4), rgap=[], baseline=[],
                caps={"mean": [], "nearest": [], "inpaint": []},
                blind=int(blind.sum()))
     for index in images:
@@ -71,6 +77,7 @@ def cheap() -> dict:
                  "make": lambda n=name: lb.models.build(n, image_size=12)}
         row = model_row(entry, images=(0,))
         out[name] = {"rgap": min(row["rgap"][0].get("psnr", -1.0), 60.0),
+                     "probe": row["probe_accuracy"],
                      "baseline": row["baseline"][0], "blind": row["blind"]}
     return out
 
