@@ -12,4 +12,5 @@ REGISTRY = {
     "fc_isolation": "fc_isolation.json",
     "tensor": "tensor_bench.json",
     "labels": "labels_bench.json",
+    "linear_systems": "linear_systems_bench.json",
 }
