@@ -18,4 +18,5 @@ REGISTRY = {
     "tensor": "tensor_bench.json",
     "labels": "labels_bench.json",
     "defenses": "defenses_bench.json",
+    "linear_systems": "linear_systems_bench.json",
 }

@@ -1,7 +1,9 @@
 """Command line of leakbook: ``python -m leakbook audit MODEL --input-shape C H W``.
 
 MODEL is ``module:callable`` (the callable returns an nn.Module) or the name
-of a zoo model such as ``cnn6``. Taught in chapter 08.
+of a zoo model such as ``cnn6``. Errors are reported in one line on stderr
+with a non-zero exit status (``--debug`` shows the traceback). Taught in
+chapter 08.
 """
 from __future__ import annotations
 
@@ -9,11 +11,29 @@ import argparse
 import importlib
 import math
 import sys
+import traceback
 
 import torch
 from torch import nn
 
 from . import models, security
+
+#: inputs larger than this many entries are refused before a model is built
+MAX_INPUT_ENTRIES = 2 ** 22
+
+
+def check_shape(input_shape) -> tuple[int, ...]:
+    """(C, H, W) or (n,) of positive ints, not absurdly large; else ValueError."""
+    shape = tuple(input_shape)
+    if len(shape) not in (1, 3):
+        raise ValueError(f"--input-shape takes C H W (or n for an MLP), got {shape}")
+    if min(shape) < 1:
+        raise ValueError(f"--input-shape must be positive sizes, got {shape}")
+    if math.prod(shape) > MAX_INPUT_ENTRIES:
+        raise ValueError(f"--input-shape {shape} has {math.prod(shape):,} entries; the "
+                         f"audit's dense ranks need far less (at most "
+                         f"{MAX_INPUT_ENTRIES:,} accepted, ~3x64x64 is already slow)")
+    return shape
 
 
 def load_model(spec: str, input_shape) -> nn.Module:
@@ -22,14 +42,19 @@ def load_model(spec: str, input_shape) -> nn.Module:
         module_name, _, attr = spec.partition(":")
         try:
             module = importlib.import_module(module_name)
-        except ImportError as err:
-            raise ValueError(f"cannot import module {module_name!r}: {err}") from None
+        except SyntaxError as err:
+            raise ValueError(f"cannot import module {module_name!r}: syntax error in "
+                             f"{err.filename}, line {err.lineno}: {err.msg}") from None
+        except Exception as err:  # anything the module raises while importing
+            raise ValueError(f"cannot import module {module_name!r}: "
+                             f"{type(err).__name__}: {err}") from err
         if not hasattr(module, attr):
             raise ValueError(f"module {module_name!r} has no attribute {attr!r}")
         try:
             model = getattr(module, attr)()
-        except TypeError as err:
-            raise TypeError(f"calling {spec}() failed: {err}") from None
+        except Exception as err:  # the user's factory failed: say so in one line
+            raise ValueError(f"calling {spec}() raised {type(err).__name__}: "
+                             f"{err}") from err
         if not isinstance(model, nn.Module):
             raise TypeError(f"{spec} returned a {type(model).__name__}, "
                             "not an nn.Module")
@@ -45,7 +70,7 @@ def load_model(spec: str, input_shape) -> nn.Module:
     return models.build(spec, in_channels=c, image_size=h)
 
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m leakbook",
                                      description="leakbook command line")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -58,20 +83,43 @@ def main(argv=None) -> int:
     p.add_argument("--rtol", type=float, default=1e-6, help="relative rank tolerance")
     p.add_argument("--weights", choices=["random", "model"], default="random")
     p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (default 1)")
+                   help="torch CPU threads during the audit (default 1)")
+    p.add_argument("--max-memory-gb", type=float, default=2.0,
+                   help="refuse audits estimated to need more memory (default 2)")
     p.add_argument("--markdown", action="store_true", help="print a Markdown table")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(max(1, args.threads))
-    try:
-        model = load_model(args.model, args.input_shape)
-        result = security.audit(model, args.input_shape, seed=args.seed, rtol=args.rtol,
-                                weights=args.weights)
-    except (ValueError, TypeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(result.to_markdown() if args.markdown else result)
-    return 0
+    p.add_argument("--debug", action="store_true",
+                   help="show the full traceback of an error")
+    return parser
 
+
+def _audit(args) -> str:
+    shape = check_shape(args.input_shape)
+    model = load_model(args.model, shape)
+    result = security.audit(model, shape, seed=args.seed, rtol=args.rtol,
+                            weights=args.weights, max_memory_gb=args.max_memory_gb)
+    return result.to_markdown() if args.markdown else str(result)
+
+
+def main(argv=None) -> int:
+    """Run the command line; returns the exit status (0 ok, 2 bad input, 1 other)."""
+    args = _parser().parse_args(argv)
+    threads = torch.get_num_threads()          # restored: main() may run in-process
+    try:
+        torch.set_num_threads(max(1, args.threads))
+        print(_audit(args))
+        return 0
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001  (one line, not a traceback)
+        if args.debug:
+            traceback.print_exception(err)
+        known = isinstance(err, (ValueError, TypeError, MemoryError))
+        message = str(err) if known else f"{type(err).__name__}: {err}"
+        print("error: " + " ".join(message.split()), file=sys.stderr)
+        return 2 if known else 1
+    finally:
+        torch.set_num_threads(threads)
 
 if __name__ == "__main__":
     sys.exit(main())

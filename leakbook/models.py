@@ -7,15 +7,22 @@ the global random state is left untouched.
 lenet_dlg    DLG: conv(12,k5,s2,p2), conv(12,k5,s2,p2), conv(12,k5,s1,p2),
              FC; sigmoid; weights and biases ~ U(-0.5, 0.5)
 cnn6         R-GAP: six bias-free convs 12-36-36-36-64-128, LeakyReLU(0.2),
-             FC to one logit
+             bias-free FC to one logit
 cnn6_d       R-GAP: as cnn6 with the 2nd and 3rd conv 12->20->36
              (rank-deficient)
-fcn3         R-GAP: FC 784-1000-100-out, LeakyReLU(0.2), bias-free
+fcn3         R-GAP: FC 784-1000-100-1, each followed by LeakyReLU(0.2) (the
+             output too), bias-free
 mlp          FC layers of chosen widths
-cnn2_c1      Chen & Campbell: conv(6,k3), FC; tanh, with bias
-cnn3_c1      Chen & Campbell: conv(6,k3), conv(3,k4,s2), FC; tanh
-cnn4_c2      Chen & Campbell: conv(16,k5), conv(6,k5,s2), conv(32,k5,p2), FC
+cnn2_c1      Chen & Campbell: conv(6,k3), FC; tanh; bias-free conv, FC bias
+cnn3_c1      Chen & Campbell: conv(6,k3), conv(3,k4,s2), FC; tanh; as cnn2_c1
+cnn4_c2      Chen & Campbell: conv(16,k5), conv(6,k5,s2), conv(32,k5,p2), FC;
+             tanh; bias-free convs, FC bias
 resnet_tiny  conv stem, two residual blocks (optional BatchNorm), FC
+
+Each literature model follows its source's layer list, biases and
+initialisation (``tests/test_models.py`` checks them against transcriptions
+of the official code). Only the number of classes and the image size are
+arguments: DLG's code has 100 classes (CIFAR-100), ours defaults to 10.
 """
 from __future__ import annotations
 
@@ -36,7 +43,8 @@ ACTIVATIONS = {
 def make_activation(name: str) -> nn.Module:
     """A fresh activation module by name (see ``ACTIVATIONS``)."""
     if name not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
+        raise ValueError(f"unknown activation {name!r}; "
+                         f"choose one of {sorted(ACTIVATIONS)}")
     return ACTIVATIONS[name]()
 
 
@@ -58,7 +66,8 @@ def _conv_stack(spec, in_channels: int, image_size: int, act: str, bias: bool):
 def _cnn(spec, in_channels, image_size, num_classes, act, bias, head_bias=None):
     layers, features = _conv_stack(spec, in_channels, image_size, act, bias)
     head_bias = bias if head_bias is None else head_bias
-    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(features, num_classes, bias=head_bias))
+    return nn.Sequential(*layers, nn.Flatten(),
+                         nn.Linear(features, num_classes, bias=head_bias))
 
 
 def lenet_dlg(in_channels=3, image_size=32, num_classes=10, activation="sigmoid"):
@@ -70,8 +79,8 @@ def lenet_dlg(in_channels=3, image_size=32, num_classes=10, activation="sigmoid"
     return net
 
 
-def cnn6(in_channels=3, image_size=32, num_classes=1, activation="leaky_relu", bias=False,
-         head_bias=None, widths=(12, 36, 36, 36, 64, 128)):
+def cnn6(in_channels=3, image_size=32, num_classes=1, activation="leaky_relu",
+         bias=False, head_bias=None, widths=(12, 36, 36, 36, 64, 128)):
     """R-GAP's CNN6: bias-free by default, one logit for the logistic loss."""
     k = [(4, 2, 2), (3, 2, 1), (3, 1, 1), (3, 1, 1), (3, 2, 1), (3, 1, 1)]
     spec = [(w, *ks) for w, ks in zip(widths, k)]
@@ -94,32 +103,43 @@ def mlp(in_features=64, widths=(100,), num_classes=10, activation="relu", bias=T
 
 
 def fcn3(in_features=784, num_classes=1, activation="leaky_relu", bias=False):
-    """R-GAP's FCN3: 784-1000-100-1, LeakyReLU, bias-free."""
-    return mlp(in_features, (1000, 100), num_classes, activation, bias)
+    """R-GAP's FCN3: 784-1000-100-1, bias-free, LeakyReLU after every layer.
+
+    As in R-GAP's code the output passes through the activation too (the
+    logistic loss then reads LeakyReLU(f)).
+    """
+    net = mlp(in_features, (1000, 100), num_classes, activation, bias)
+    net.append(make_activation(activation))
+    return net
 
 
 def cnn2_c1(in_channels=3, image_size=32, num_classes=10, activation="tanh"):
-    """Chen & Campbell's cnn2_c1: conv(6, k3) then FC."""
-    return _cnn([(6, 3, 1, 0)], in_channels, image_size, num_classes, activation, True)
+    """Chen & Campbell's cnn2_c1: bias-free conv(6, k3), then FC with bias."""
+    return _cnn([(6, 3, 1, 0)], in_channels, image_size, num_classes, activation,
+                False, head_bias=True)
 
 
 def cnn3_c1(in_channels=3, image_size=32, num_classes=10, activation="tanh"):
-    """Chen & Campbell's cnn3_c1: conv(6, k3), conv(3, k4, s2), FC."""
+    """Chen & Campbell's cnn3_c1: bias-free conv(6, k3), conv(3, k4, s2); FC
+    with bias."""
     return _cnn([(6, 3, 1, 0), (3, 4, 2, 0)], in_channels, image_size, num_classes,
-                activation, True)
+                activation, False, head_bias=True)
 
 
 def cnn4_c2(in_channels=3, image_size=32, num_classes=10, activation="tanh"):
-    """Chen & Campbell's cnn4_c2: conv(16, k5), conv(6, k5, s2), conv(32, k5, p2), FC."""
+    """Chen & Campbell's cnn4_c2: bias-free conv(16, k5), conv(6, k5, s2),
+    conv(32, k5, p2); FC with bias."""
     spec = [(16, 5, 1, 0), (6, 5, 2, 0), (32, 5, 1, 2)]
-    return _cnn(spec, in_channels, image_size, num_classes, activation, True)
+    return _cnn(spec, in_channels, image_size, num_classes, activation, False,
+                head_bias=True)
 
 
 class _Block(nn.Module):
     def __init__(self, c: int, act: str, batchnorm: bool):
         super().__init__()
         norm = (lambda: nn.BatchNorm2d(c)) if batchnorm else nn.Identity
-        self.body = nn.Sequential(nn.Conv2d(c, c, 3, 1, 1), norm(), make_activation(act),
+        self.body = nn.Sequential(nn.Conv2d(c, c, 3, 1, 1), norm(),
+                                  make_activation(act),
                                   nn.Conv2d(c, c, 3, 1, 1), norm())
         self.act = make_activation(act)
 
@@ -127,8 +147,8 @@ class _Block(nn.Module):
         return self.act(x + self.body(x))
 
 
-def resnet_tiny(in_channels=3, image_size=32, num_classes=10, width=16, activation="relu",
-                batchnorm=True):
+def resnet_tiny(in_channels=3, image_size=32, num_classes=10, width=16,
+                activation="relu", batchnorm=True):
     """A conv stem (stride 2), two residual blocks, global average pooling, FC."""
     norm = nn.BatchNorm2d(width) if batchnorm else nn.Identity()
     return nn.Sequential(
@@ -141,7 +161,26 @@ ZOO = {f.__name__: f for f in (lenet_dlg, cnn6, cnn6_d, fcn3, mlp, cnn2_c1, cnn3
                                 cnn4_c2, resnet_tiny)}
 
 
-def build(name: str, seed: int = 0, dtype: torch.dtype = torch.float32, **kwargs) -> nn.Module:
+_SIZES = ("in_channels", "image_size", "num_classes", "in_features", "width")
+
+
+def _check_sizes(name: str, kwargs: dict) -> None:
+    """Every size argument a positive int (a zero-size layer is no layer)."""
+    for key in _SIZES + ("widths",):
+        if key not in kwargs:
+            continue
+        values = kwargs[key] if key == "widths" else [kwargs[key]]
+        if key == "widths" and not isinstance(values, (list, tuple)):
+            raise TypeError(f"build({name!r}): widths must be a list or tuple of "
+                            f"positive ints, got {type(values).__name__}")
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"build({name!r}): {key} must be positive integers, "
+                                 f"got {kwargs[key]!r}")
+
+
+def build(name: str, seed: int = 0, dtype: torch.dtype = torch.float32,
+          **kwargs) -> nn.Module:
     """Build a zoo model with weights drawn from ``seed``.
 
     The global torch random state is not changed. Keyword arguments go to the
@@ -151,6 +190,7 @@ def build(name: str, seed: int = 0, dtype: torch.dtype = torch.float32, **kwargs
     """
     if name not in ZOO:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(ZOO)}")
+    _check_sizes(name, kwargs)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         try:

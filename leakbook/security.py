@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
+import textwrap
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,6 +32,8 @@ import scipy.sparse.csgraph  # noqa: F401  (sp.csgraph)
 import torch
 from torch import nn
 
+from .attacks.hybrid import FILLS, fill_blind
+from .attacks.layers import leaves
 from .attacks.linear_systems import (conv_gradient_matrix, conv_matrix, output_shape,
                                      patch_indices, unread_pixels)
 
@@ -39,20 +44,6 @@ ELEMENTWISE = {nn.ReLU: False, nn.LeakyReLU: True, nn.Sigmoid: True, nn.Tanh: Tr
 
 
 # --- walking the model ------------------------------------------------------------
-
-
-def _leaves(module: nn.Module, prefix: str = ""):
-    """(path, module) of the leaves of a (nested) nn.Sequential, in order."""
-    if not isinstance(module, nn.Sequential):
-        raise TypeError(f"audit needs an nn.Sequential (possibly nested); "
-                        f"'{prefix or 'model'}' is a {type(module).__name__} whose "
-                        "forward() the audit cannot read")
-    for name, child in module.named_children():
-        path = f"{prefix}.{name}" if prefix else name
-        if isinstance(child, nn.Sequential):
-            yield from _leaves(child, path)
-        else:
-            yield path, child
 
 
 def _describe(layer: nn.Module) -> str:
@@ -77,7 +68,7 @@ def weight_layers(model: nn.Module, input_shape) -> list[dict]:
         raise ValueError(f"input_shape must be (C, H, W) or (n,) with positive sizes, "
                          f"got {tuple(input_shape)}")
     rows = []
-    for path, layer in _leaves(model):
+    for path, layer in leaves(model, "the audit"):
         if isinstance(layer, nn.Conv2d):
             if len(shape) != 3:
                 raise ValueError(f"layer '{path}' (Conv2d) receives shape {shape}, "
@@ -154,34 +145,25 @@ def psnr_cap(x: torch.Tensor, blind: torch.Tensor, fill: str = "mean") -> float:
 
     x: one image (C, H, W) or (1, C, H, W); blind: bool mask (C, H, W) from
     ``blind_spot``. The reconstruction equals x on every visible pixel (a
-    perfect attack) and, on blind ones, ``fill``: "mean" = the mean of the
-    visible pixels of that channel, "nearest" = the nearest visible pixel of
-    the same channel (a simple inpainting prior). Uses the truth: it is a
+    perfect attack) and fills the blind ones from the visible ones
+    (``attacks.hybrid.fill_blind``): "mean" = the mean of the visible pixels
+    of that channel (no prior), "nearest" = the nearest visible pixel of the
+    same channel, "inpaint" = harmonic inpainting (each blind pixel the mean
+    of its neighbours). The cap bounds every attack that fills blind pixels
+    that way; a better image prior can go past it. Uses the truth: it is a
     metric, not an attack. inf if nothing is blind. Taught in chapter 08.
     """
     x = x.detach().to(torch.float64)
     x = x[0] if x.dim() == 4 else x
     if x.shape != blind.shape:
         raise ValueError(f"image {tuple(x.shape)} and mask {tuple(blind.shape)} differ")
+    if fill not in FILLS:
+        raise ValueError(f"fill must be one of {FILLS}, got {fill!r}")
     if not bool(blind.any()):
         return float("inf")
     if bool(blind.all()):
         raise ValueError("every pixel is blind: nothing to anchor a reconstruction")
-    r = x.clone()
-    for c in range(x.shape[0]):
-        b = blind[c]
-        if not bool(b.any()):
-            continue
-        if fill == "mean":
-            r[c][b] = x[c][~b].mean()
-        elif fill == "nearest":
-            vis = torch.nonzero(~b).to(torch.float64)        # (V, 2)
-            hid = torch.nonzero(b).to(torch.float64)         # (B, 2)
-            nearest = torch.cdist(hid, vis).argmin(dim=1)
-            vi = vis[nearest].long()
-            r[c][b] = x[c][vi[:, 0], vi[:, 1]]
-        else:
-            raise ValueError(f"fill must be 'mean' or 'nearest', got {fill!r}")
+    r = fill_blind(x, blind, fill)
     mse = float(((r - x) ** 2).mean())
     return float("inf") if mse == 0 else 10 * math.log10(1.0 / mse)
 
@@ -349,26 +331,36 @@ class Audit:
                                                     "gap": list(r.gap)}
                 for r in self.layers]
 
-    def _table(self, sep: str, markdown: bool) -> list[str]:
-        head = ["#", "layer", "input", "unknowns", "grad", "fwd", "virtual", "count",
-                "bound", "rank", "deficiency", "unread", "COPA w"]
-        body = [[str(r.index), r.kind, "x".join(map(str, r.in_shape)), str(r.unknowns),
-                 str(r.gradient_constraints), str(r.forward_constraints),
-                 str(r.virtual_constraints), str(r.count_index), str(r.rank_bound),
-                 str(r.rank),
-                 str(r.deficiency), str(r.unread), f"{r.copa_weight:.2f}"]
-                for r in self.layers]
+    _COLUMNS = [("#", "index"), ("n_x", "unknowns"), ("grad", "gradient_constraints"),
+                ("fwd", "forward_constraints"), ("virt", "virtual_constraints"),
+                ("count", "count_index"), ("bound", "rank_bound"), ("rank", "rank"),
+                ("defic", "deficiency"), ("unread", "unread"),
+                ("COPA w", "copa_weight")]
+
+    def _cells(self) -> tuple[list[str], list[list[str]]]:
+        head = [h for h, _ in self._COLUMNS]
+        body = [[f"{getattr(r, k):.2f}" if k == "copa_weight" else str(getattr(r, k))
+                 for _, k in self._COLUMNS] for r in self.layers]
+        return head, body
+
+    def _text_table(self) -> list[str]:
+        """Numbers right-aligned, one space apart; the layers are named below."""
+        head, body = self._cells()
         widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
-        fmt = lambda cells: sep.join(c.rjust(w) if i != 1 else c.ljust(w)  # noqa: E731
-                                     for i, (c, w) in enumerate(zip(cells, widths)))
-        lines = [fmt(head)]
-        if markdown:
-            lines = ["| " + lines[0] + " |",
-                     "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-            lines += ["| " + fmt(b) + " |" for b in body]
-        else:
-            lines += [fmt(b) for b in body]
+        lines = [" ".join(c.rjust(w) for c, w in zip(cells, widths))
+                 for cells in [head, *body]]
+        lines += ["", "layers:"]
+        lines += [f"{r.index:>3}  {r.kind}, input {'x'.join(map(str, r.in_shape))}"
+                  for r in self.layers]
         return lines
+
+    def _markdown_table(self) -> list[str]:
+        head, body = self._cells()
+        head.insert(1, "layer")
+        for r, b in zip(self.layers, body):
+            b.insert(1, f"{r.kind}, input {'x'.join(map(str, r.in_shape))}")
+        return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+                *["| " + " | ".join(b) + " |" for b in body]]
 
     def _footer(self) -> list[str]:
         s = self.scores()
@@ -383,11 +375,14 @@ class Audit:
         return lines + list(self.notes)
 
     def __str__(self) -> str:
-        return "\n".join(self._table("  ", False) + [""] + self._footer())
+        """The audit as text at most 80 characters wide."""
+        footer = [line for f in self._footer()
+                  for line in textwrap.wrap(f, 80, subsequent_indent="  ")]
+        return "\n".join(self._text_table() + [""] + footer)
 
     def to_markdown(self) -> str:
         footer = ["- " + f for f in self._footer()]
-        return "\n".join(self._table(" | ", True) + [""] + footer)
+        return "\n".join(self._markdown_table() + [""] + footer)
 
 
 def _virtual(unknowns: list[int]) -> list[int]:
@@ -410,8 +405,58 @@ def _system_layer(layer: nn.Module, weights: str, gen: torch.Generator) -> nn.Mo
     return twin
 
 
+#: seconds per m^3 of a symmetric eigenvalue solve of an m x m Gram matrix, one
+#: thread (measured on the book's 2-core machine, rounded up)
+SECONDS_PER_CUBE = 3e-10
+
+
+def _gram_side(layer: nn.Module, in_shape, out_shape) -> int:
+    """Side of the Gram matrix ``layer_gram`` forms: min(rows, unknowns)."""
+    n_x = math.prod(in_shape)
+    if isinstance(layer, nn.Linear):
+        return 0                                # closed form, no Gram
+    rows = layer.weight.numel() + math.prod(out_shape)
+    return min(rows, n_x)
+
+
+def estimate_cost(model: nn.Module, input_shape) -> dict:
+    """What ``audit`` will need, before it starts: memory (bytes) and seconds.
+
+    Per layer: the Gram matrix of the stacked system (side m = min(rows,
+    unknowns), dense float64, about three copies during the eigenvalue
+    solve: 24 m^2 bytes, ~SECONDS_PER_CUBE m^3 s at one thread) and the tap
+    index tables (C k^2 x positions int64, a few copies). Returns dict with
+    ``layers`` (one dict each: path, gram_side, bytes, seconds), the peak
+    ``bytes`` and the total ``seconds``. Estimates, good to a factor ~2.
+    Taught in chapter 08.
+    """
+    rows = weight_layers(model, input_shape)
+    out = []
+    for row in rows:
+        layer, in_shape, out_shape = row["layer"], row["in_shape"], row["out_shape"]
+        m = _gram_side(layer, in_shape, out_shape)
+        index_bytes = 0
+        if isinstance(layer, nn.Conv2d):
+            taps = in_shape[0] * layer.kernel_size[0] * layer.kernel_size[1]
+            index_bytes = 8 * 4 * taps * out_shape[1] * out_shape[2]
+        gram_bytes = 24 * m * m               # 0 for a Linear layer (closed form)
+        seconds = SECONDS_PER_CUBE * m ** 3 + 2e-7 * index_bytes
+        out.append(dict(path=row["path"], gram_side=m, bytes=gram_bytes + index_bytes,
+                        seconds=seconds))
+    return dict(layers=out, bytes=max(r["bytes"] for r in out),
+                seconds=sum(r["seconds"] for r in out))
+
+
+def _human(n_bytes: float, seconds: float) -> str:
+    size = (f"{n_bytes / 2**30:.1f} GB" if n_bytes >= 2**30
+            else f"{n_bytes / 2**20:.0f} MB")
+    span = f"{seconds / 60:.0f} min" if seconds >= 120 else f"{seconds:.0f} s"
+    return f"about {size} and {span}"
+
+
 def audit(model: nn.Module, input_shape, seed: int = 0, rtol: float = 1e-6,
-          weights: str = "random") -> Audit:
+          weights: str = "random", max_memory_gb: float = 2.0,
+          warn_seconds: float = 60.0, progress: bool | None = None) -> Audit:
     """Audit every Conv2d/Linear layer of a sequential model; see the module doc.
 
     input_shape: (C, H, W) or (n,) of one sample. weights: "random" draws
@@ -421,6 +466,10 @@ def audit(model: nn.Module, input_shape, seed: int = 0, rtol: float = 1e-6,
     of the rank (the Gram matrix is formed in float64, which squares the
     singular values: ratios below ~1e-7 are rounding noise, so keep rtol
     well above that; the row's ``gap`` shows how clear-cut the cut is).
+    Resources are estimated first (``estimate_cost``): past ``max_memory_gb``
+    the audit refuses with a MemoryError that gives the estimate; past
+    ``warn_seconds`` it warns. ``progress`` (default: when the estimate
+    exceeds 10 s) prints one line per layer to stderr.
     Returns an :class:`Audit`.
     Taught in chapter 08.
     """
@@ -428,7 +477,23 @@ def audit(model: nn.Module, input_shape, seed: int = 0, rtol: float = 1e-6,
         raise ValueError(f"weights must be 'random' or 'model', got {weights!r}")
     if not 0 < rtol < 1:
         raise ValueError(f"rtol must be in (0, 1), got {rtol}")
+    if not max_memory_gb > 0:
+        raise ValueError(f"max_memory_gb must be positive, got {max_memory_gb}")
     rows = weight_layers(model, input_shape)
+    cost = estimate_cost(model, input_shape)
+    shape = tuple(int(s) for s in input_shape)
+    if cost["bytes"] > max_memory_gb * 2**30:
+        big = max(cost["layers"], key=lambda r: r["bytes"])
+        raise MemoryError(f"auditing this model on input {shape} needs "
+                          f"{_human(cost['bytes'], cost['seconds'])} (layer "
+                          f"'{big['path']}': a {big['gram_side']}x{big['gram_side']} "
+                          f"Gram matrix), over max_memory_gb={max_memory_gb:g}; "
+                          "audit a smaller input or raise the limit")
+    if cost["seconds"] > warn_seconds:
+        warnings.warn(f"the audit on input {shape} will take "
+                      f"{_human(cost['bytes'], cost['seconds'])} at one thread",
+                      stacklevel=2)
+    show = cost["seconds"] > 10 if progress is None else bool(progress)
     gen = torch.Generator().manual_seed(seed)
     unknowns = [math.prod(r["in_shape"]) for r in rows]
     virtual = _virtual(unknowns)
@@ -437,6 +502,10 @@ def audit(model: nn.Module, input_shape, seed: int = 0, rtol: float = 1e-6,
     for i, row in enumerate(rows):
         start = time.perf_counter()
         layer, in_shape, out_shape = row["layer"], row["in_shape"], row["out_shape"]
+        if show:
+            print(f"audit: layer {i + 1}/{n_layers} ({_describe(layer)}), "
+                  f"{_human(cost['layers'][i]['bytes'], cost['layers'][i]['seconds'])}",
+                  file=sys.stderr, flush=True)
         twin = _system_layer(layer, weights, gen)
         delta = torch.randn(out_shape, generator=gen, dtype=torch.float64)
         if isinstance(layer, nn.Linear):
@@ -446,6 +515,7 @@ def audit(model: nn.Module, input_shape, seed: int = 0, rtol: float = 1e-6,
         else:
             gram = layer_gram(twin, in_shape, delta)
             rank, kept, dropped = numerical_rank(gram, rtol)
+            del gram
         if isinstance(layer, nn.Conv2d):
             unread = int(unread_pixels(twin, in_shape).sum())
             filters = layer.out_channels
@@ -469,5 +539,4 @@ def audit(model: nn.Module, input_shape, seed: int = 0, rtol: float = 1e-6,
             gap=(kept, dropped), invertible_activation=invertible,
             seconds=time.perf_counter() - start))
     blind = blind_spot(model, input_shape)
-    shape = tuple(int(s) for s in input_shape)
     return Audit(out, shape, blind, seed, rtol, weights, notes)

@@ -20,8 +20,7 @@ PROVENANCE_KEYS = {"commit", "command", "started", "finished", "torch", "threads
 
 #: result files whose benchmark does not follow the protocol yet; each entry is
 #: removed when its benchmark is registered (the set must end up empty)
-PENDING = {"linear_systems_bench.json",
-           "security_bench.json"}
+PENDING = {"security_bench.json"}
 
 
 def test_every_result_file_has_a_registered_benchmark():

@@ -159,7 +159,9 @@ def test_cli_module_callable_in_a_subprocess(tmp_path):
 def test_cli_zoo_name_and_errors(capsys, tmp_path, monkeypatch):
     from leakbook.__main__ import main
     assert main(["audit", "cnn3_c1", "--input-shape", "3", "12", "12"]) == 0
-    assert "Conv 6->3 k4 s2 p0, bias" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Conv 6->3 k4 s2 p0, input 6x10x10" in out
+    assert max(len(line) for line in out.splitlines()) <= 80
     (tmp_path / "pooled_net.py").write_text(
         "from torch import nn\n"
         "def pooled():\n"
@@ -169,3 +171,74 @@ def test_cli_zoo_name_and_errors(capsys, tmp_path, monkeypatch):
     assert "layer '1' (MaxPool2d)" in capsys.readouterr().err
     assert main(["audit", "no_such_model", "--input-shape", "3", "8", "8"]) == 2
     assert "neither module:callable nor a zoo model" in capsys.readouterr().err
+
+
+def test_text_form_fits_80_columns():
+    for name, shape in (("cnn4_c2", (3, 16, 16)), ("cnn6", (3, 16, 16))):
+        text = str(security.audit(models.build(name, image_size=16), shape))
+        assert max(len(line) for line in text.splitlines()) <= 80
+        assert "COPA index" in text and "layers:" in text
+
+
+def test_resources_are_estimated_before_the_work():
+    est = security.estimate_cost(models.build("cnn6", image_size=64), (3, 64, 64))
+    assert est["bytes"] > 2 * 2**30 and est["seconds"] > 60
+    with pytest.raises(MemoryError, match=r"GB .*max_memory_gb=2"):
+        security.audit(models.build("cnn6", image_size=64), (3, 64, 64))
+    small = models.build("cnn3_c1", image_size=12)
+    with pytest.warns(UserWarning, match="will take"):
+        security.audit(small, (3, 12, 12), warn_seconds=0.0)
+
+
+def test_progress_goes_to_stderr(capsys):
+    security.audit(models.build("cnn3_c1", image_size=12), (3, 12, 12), progress=True)
+    err = capsys.readouterr().err
+    assert "audit: layer 1/3" in err and "audit: layer 3/3" in err
+
+
+@pytest.fixture
+def bad_modules(tmp_path, monkeypatch):
+    (tmp_path / "broken_syntax.py").write_text("def make(:\n    pass\n")
+    (tmp_path / "raising_factory.py").write_text(
+        "def make():\n    raise RuntimeError('no weights here')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path
+
+
+@pytest.mark.parametrize("args,message", [
+    (["cnn6", "--input-shape", "-3", "8", "8"], "positive sizes"),
+    (["broken_syntax:make", "--input-shape", "3", "8", "8"], "syntax error"),
+    (["raising_factory:make", "--input-shape", "3", "8", "8"],
+     "raised RuntimeError: no weights here"),
+    (["cnn6", "--input-shape", "3", "4096", "4096"], "entries"),
+    (["cnn6", "--input-shape", "3", "64", "64"], "max_memory_gb"),
+    (["cnn6", "--input-shape", "3", "8"], "C H W"),
+])
+def test_cli_errors_are_one_line(bad_modules, capsys, args, message):
+    from leakbook.__main__ import main
+    threads = torch.get_num_threads()
+    assert main(["audit", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.splitlines()) == 1
+    assert torch.get_num_threads() == threads
+
+
+def test_cli_debug_shows_the_traceback_and_threads_are_restored(bad_modules, capsys):
+    from leakbook.__main__ import main
+    torch.set_num_threads(2)
+    try:
+        assert main(["audit", "raising_factory:make", "--input-shape", "3", "8", "8",
+                     "--debug", "--threads", "1"]) == 2
+        assert "Traceback" in capsys.readouterr().err
+        assert torch.get_num_threads() == 2
+        assert main(["audit", "cnn3_c1", "--input-shape", "3", "12", "12",
+                     "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
+
+
+def test_cli_error_in_a_subprocess_exits_non_zero():
+    out = _cli("audit", "cnn6", "--input-shape", "-3", "8", "8")
+    assert out.returncode == 2 and out.stderr.startswith("error: ")
+    assert "Traceback" not in out.stderr

@@ -11,7 +11,8 @@ The two blocks of rows live on different scales (outputs ~1, gradients
 ~1e-2), so each block is divided by the norm of its right-hand side and the
 gradient block is weighted by ``grad_weight`` (~10): without this the
 forward rows, which carry the error of the layer above, swamp the exact
-gradient rows. Solved by the normal equations (Cholesky, or an eigen-
+gradient rows. With fewer rows than unknowns, the minimum-norm solution comes
+from the small matrix N N^T; otherwise from the normal equations (Cholesky, or an eigen-
 decomposition that also gives the singular values and the rank), or
 matrix-free by CGLS when the layer has too many unknowns for a dense matrix.
 """
@@ -19,12 +20,13 @@ from __future__ import annotations
 
 import math
 
+import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .layers import Block
-from .linear_systems import patch_indices
+from .linear_systems import conv_csr, patch_indices
 
 _TINY = 1e-300
 
@@ -169,7 +171,10 @@ class LayerSystem:
         """
         stats = self.counts()
         rows = stats["gradient_rows"] + stats["forward_rows"]
-        if self.n > dense_limit:
+        if rows < self.n and rows <= dense_limit and not spectrum and isinstance(
+                self.block.layer, nn.Conv2d):
+            x = self._dual_solve(rank_rtol, stats)
+        elif self.n > dense_limit:
             x = self._cgls(iterations)
             stats.update(method="cgls", rank=None,
                          deficiency_bound=max(0, self.n - rows))
@@ -181,6 +186,26 @@ class LayerSystem:
                 x = self._eigh_solve(gram, rhs, rank_rtol, stats)
         stats.update(self.residuals(x))
         return x, stats
+
+    def _dual_solve(self, rank_rtol, stats) -> torch.Tensor:
+        """Fewer rows than unknowns: x = N^T (N N^T)^+ b, the minimum-norm solution,
+        from the small rows x rows matrix (and its rank)."""
+        layer, shape = self.block.layer, self.block.in_shape
+        blocks = [self.cg * conv_csr(layer, shape, self.delta, gradient=True)]
+        if self.z is not None:
+            blocks.append(self.cf * conv_csr(layer, shape, layer.weight))
+        mat = sp.vstack(blocks, format="csr")
+        small = torch.from_numpy((mat @ mat.T).toarray())
+        evals, evecs = torch.linalg.eigh(small)
+        sv = evals.clamp_min(0).sqrt().flip(0)
+        rank = int((sv > rank_rtol * sv[0]).sum())
+        keep = evals > (rank_rtol * sv[0]) ** 2
+        inv = torch.where(keep, 1.0 / evals.clamp_min(_TINY), 0.0)
+        b = self.rhs()
+        y = evecs @ (inv * (evecs.T @ b))
+        stats.update(method="dual", rank=rank, deficiency=self.n - rank,
+                     sv_max=float(sv[0]), condition=math.inf)
+        return torch.from_numpy(mat.T @ y.numpy())
 
     def _cholesky_solve(self, gram, rhs, diagnostics, rank_rtol, stats):
         """x by Cholesky, or None if the normal matrix is (nearly) singular."""

@@ -64,6 +64,20 @@ class Activation:
             return 1 - torch.tanh(z) ** 2
         return torch.ones_like(z)
 
+    def second_derivative(self, z: torch.Tensor) -> torch.Tensor:
+        """act''(z), elementwise (0 for the piecewise linear ones)."""
+        if self.kind == "sigmoid":
+            s = torch.sigmoid(z)
+            return s * (1 - s) * (1 - 2 * s)
+        if self.kind == "tanh":
+            t = torch.tanh(z)
+            return -2 * t * (1 - t ** 2)
+        return torch.zeros_like(z)
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        """act(z)."""
+        return z if self.module is None else self.module(z)
+
 
 @dataclass
 class Block:
@@ -103,12 +117,27 @@ class Block:
                                            conv.stride, conv.padding)
 
 
-def _leaves(module: nn.Module, prefix: str = ""):
-    if isinstance(module, nn.Sequential):
-        for name, child in module.named_children():
-            yield from _leaves(child, f"{prefix}{name}.")
-    else:
-        yield prefix.rstrip("."), module
+def leaves(model: nn.Module, user: str = "this function"):
+    """(path, module) of the leaves of a (nested) nn.Sequential, in order.
+
+    The one layer walker of the package (layer-wise attacks, chapter 07, and
+    the security audit, chapter 08). Paths are dotted, e.g. "2.0". Raises
+    TypeError, naming ``user``, if the model is not an nn.Sequential.
+    """
+    if not isinstance(model, nn.Sequential):
+        raise TypeError(f"{user} needs an nn.Sequential (possibly nested) of "
+                        "Conv2d, Linear, Flatten and elementwise activations, whose "
+                        f"layers it can read in order; got a {type(model).__name__}")
+    yield from _walk(model, "")
+
+
+def _walk(module: nn.Sequential, prefix: str):
+    for name, child in module.named_children():
+        path = f"{prefix}.{name}" if prefix else name
+        if isinstance(child, nn.Sequential):
+            yield from _walk(child, path)
+        else:
+            yield path, child
 
 
 def blocks(model: nn.Module, input_shape) -> list[Block]:
@@ -117,12 +146,9 @@ def blocks(model: nn.Module, input_shape) -> list[Block]:
     input_shape: one sample's shape, (C, H, W) or (n,). Raises TypeError for
     a layer that is not Conv2d, Linear, Flatten or an elementwise activation.
     """
-    if not isinstance(model, nn.Sequential):
-        raise TypeError("layer-wise attacks need an nn.Sequential of Conv2d, Linear, "
-                        f"Flatten and activations, got {type(model).__name__}")
     index = {id(p): i for i, p in enumerate(model.parameters())}
     shape, out, pending = tuple(int(s) for s in input_shape), [], None
-    for name, m in _leaves(model):
+    for name, m in leaves(model, "a layer-wise attack"):
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             if isinstance(m, nn.Linear):
                 if shape != (m.in_features,):
@@ -147,8 +173,6 @@ def blocks(model: nn.Module, input_shape) -> list[Block]:
                             "Conv2d, Linear, Flatten and elementwise activations)")
     if not out or not isinstance(out[-1].layer, nn.Linear):
         raise TypeError("the network must end with a Linear layer (the head)")
-    if out[-1].act is not None:
-        raise TypeError("an activation after the last Linear layer is not supported")
     return out
 
 

@@ -11,6 +11,10 @@ Padding never enters as an unknown: padded positions are zeros and drop out.
 """
 from __future__ import annotations
 
+import math
+
+import numpy as np
+import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -20,11 +24,13 @@ def _check_conv(conv: nn.Module, input_shape) -> tuple[int, int, int]:
     if not isinstance(conv, nn.Conv2d):
         raise TypeError(f"expected an nn.Conv2d, got {type(conv).__name__}")
     if conv.groups != 1 or conv.dilation != (1, 1) or conv.padding_mode != "zeros":
-        raise ValueError("only Conv2d with groups=1, dilation=1 and zero padding is supported")
+        raise ValueError("only Conv2d with groups=1, dilation=1 and zero padding "
+                         "is supported")
     if isinstance(conv.padding, str):
         raise ValueError("give Conv2d padding as numbers, not a string")
     if len(input_shape) != 3 or input_shape[0] != conv.in_channels:
-        raise ValueError(f"input_shape must be (C={conv.in_channels}, H, W), got {tuple(input_shape)}")
+        raise ValueError(f"input_shape must be (C={conv.in_channels}, H, W), "
+                         f"got {tuple(input_shape)}")
     return tuple(int(s) for s in input_shape)
 
 
@@ -53,7 +59,8 @@ def _scatter(rows_per_tap: torch.Tensor, values: torch.Tensor, idx: torch.Tensor
     """Accumulate values at (rows, idx) over the taps that read real input."""
     keep = idx >= 0
     rows, cols, vals = rows_per_tap[..., keep], idx[..., keep], values[..., keep]
-    coo = torch.sparse_coo_tensor(torch.stack([rows.flatten(), cols.flatten()]), vals.flatten(),
+    coo = torch.sparse_coo_tensor(torch.stack([rows.flatten(), cols.flatten()]),
+                                  vals.flatten(),
                                   (n_rows, n_cols), check_invariants=True).coalesce()
     return coo if sparse else coo.to_dense()
 
@@ -67,7 +74,8 @@ def conv_matrix(conv: nn.Conv2d, input_shape, sparse: bool = False) -> torch.Ten
     o = conv.out_channels
     m, l = idx.shape
     weight = conv.weight.detach().reshape(o, m)             # (O, M)
-    rows = (torch.arange(o)[:, None, None] * l + torch.arange(l)[None, None, :]).expand(o, m, l)
+    rows = (torch.arange(o)[:, None, None] * l
+            + torch.arange(l)[None, None, :]).expand(o, m, l)
     values = weight[:, :, None].expand(o, m, l)
     n = input_shape[0] * input_shape[1] * input_shape[2]
     return _scatter(rows, values, idx.expand(o, m, l), o * l, n, sparse)
@@ -87,7 +95,8 @@ def conv_gradient_matrix(conv: nn.Conv2d, input_shape, delta: torch.Tensor,
         raise ValueError(f"delta has {delta.numel()} entries; this conv's output has "
                          f"{o * l} = {output_shape(conv, input_shape)}")
     delta = delta.reshape(o, l).to(conv.weight.dtype)
-    rows = (torch.arange(o)[:, None, None] * m + torch.arange(m)[None, :, None]).expand(o, m, l)
+    rows = (torch.arange(o)[:, None, None] * m
+            + torch.arange(m)[None, :, None]).expand(o, m, l)
     values = delta[:, None, :].expand(o, m, l)
     n = input_shape[0] * input_shape[1] * input_shape[2]
     return _scatter(rows, values, idx.expand(o, m, l), o * m, n, sparse)
@@ -96,6 +105,33 @@ def conv_gradient_matrix(conv: nn.Conv2d, input_shape, delta: torch.Tensor,
 def unread_pixels(conv: nn.Conv2d, input_shape) -> torch.Tensor:
     """Boolean mask (C, H, W) of input entries that no kernel tap ever reads."""
     idx = patch_indices(conv, input_shape)
-    seen = torch.zeros(input_shape[0] * input_shape[1] * input_shape[2], dtype=torch.bool)
+    seen = torch.zeros(input_shape[0] * input_shape[1] * input_shape[2],
+                       dtype=torch.bool)
     seen[idx[idx >= 0]] = True
     return ~seen.reshape(tuple(input_shape))
+
+
+def conv_csr(conv: nn.Conv2d, input_shape, values: torch.Tensor,
+             gradient: bool = False) -> sp.csr_matrix:
+    """``conv_matrix`` (values = the weight) or, with ``gradient``,
+    ``conv_gradient_matrix`` (values = delta) as a SciPy CSR matrix, built
+    directly from the tap indices (fast, for large layers)."""
+    idx = patch_indices(conv, input_shape).numpy()                   # (M, L)
+    o = conv.out_channels
+    m, n_pos = idx.shape
+    oo = np.arange(o)[:, None, None]
+    values = values.detach().double()
+    if gradient:
+        rows = oo * m + np.arange(m)[None, :, None]
+        vals = values.reshape(o, n_pos).numpy()[:, None, :]
+        n_rows = o * m
+    else:
+        rows = oo * n_pos + np.arange(n_pos)[None, None, :]
+        vals = values.reshape(o, m).numpy()[:, :, None]
+        n_rows = o * n_pos
+    full = (o, m, n_pos)
+    sel = np.broadcast_to(idx >= 0, full)
+    return sp.csr_matrix((np.broadcast_to(vals, full)[sel],
+                          (np.broadcast_to(rows, full)[sel],
+                           np.broadcast_to(idx, full)[sel])),
+                         shape=(n_rows, math.prod(input_shape)))

@@ -28,18 +28,41 @@ from .result import Reconstruction
 
 #: the margin where mu -> -mu / (1 + e^mu) has its minimum (1 + e^m - m e^m = 0)
 _MU_TURN = 1.2784645427610738
+#: relative misfit of dL/dW = dL/db h^T above which the head saw more than one sample
+#: (float32 gradients of one sample fit to ~1e-7)
+ONE_SAMPLE_RTOL = 1e-4
+#: the two roots of the logistic head's margin equation
+BRANCHES = ("small", "large")
 
 
-def _prepare(model: nn.Module, grads, input_shape, clip: float):
-    """A float64, gradient-free copy of the model, its blocks and the float64 grads."""
+def _prepare(model: nn.Module, grads, input_shape, clip: float, branch: str = "small"):
+    """A float64, gradient-free copy of the model, its blocks and the float64 grads.
+
+    Checks every argument before any work: the gradients line up with the
+    model and are not all zero, input_shape is a shape, branch is known.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     grads = check_grads(model, grads)
     if input_shape is None:
         raise ValueError("give input_shape, one sample's shape such as (3, 32, 32)")
+    if (not isinstance(input_shape, (tuple, list, torch.Size))
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0
+                       for s in input_shape)):
+        raise ValueError("input_shape must be one sample's shape of positive ints, "
+                         f"such as (3, 32, 32); got {input_shape!r}")
+    if branch not in BRANCHES:
+        raise ValueError(f"branch must be one of {BRANCHES}, got {branch!r}")
+    if not 0 < clip < 0.5:
+        raise ValueError(f"clip must be in (0, 0.5), got {clip!r}")
     net = copy.deepcopy(model).double()
     for p in net.parameters():
         p.requires_grad_(False)
     parts = blocks(net, input_shape)
     acts = activations_of(parts, clip)
+    if all(not bool(g.ne(0).any()) for g in grads):
+        raise ValueError("every gradient is zero: there is nothing to invert (a "
+                         "saturated loss or an all-zero update)")
     return net, parts, acts, [g.detach().double() for g in grads]
 
 
@@ -89,10 +112,13 @@ def solve_margin(value: float, branch: str = "small") -> float:
 
 
 def invert_head(head: Block, grads: list[torch.Tensor], labels, branch: str = "small"):
-    """Input h (n,) and signal delta (m,) of the last Linear layer, and stats.
+    """Input h (n,) and signal delta = dL/dz (m,) of the last Linear layer, and stats.
 
-    With a bias: h = (dL/dW)^T g_b / |g_b|^2 and delta = g_b (any loss).
-    Without a bias: one logit and the logistic loss (labels 0/1).
+    With a bias: h = (dL/dW)^T g_b / |g_b|^2 and delta = g_b (any loss, any
+    activation after the head). Without a bias: one logit and the logistic
+    loss (labels 0/1), the output either the logit or LeakyReLU of it (as
+    R-GAP's FCN3): LeakyReLU(z) = LeakyReLU'(z) z keeps <dL/dW, W> = l'(mu) mu.
+    Raises ValueError if the head's gradient is not that of one sample.
     """
     gw = grads[head.weight_index]
     if head.bias_index is not None:
@@ -103,10 +129,19 @@ def invert_head(head: Block, grads: list[torch.Tensor], labels, branch: str = "s
                              "and the ratio dL/dW / dL/db is undefined")
         h = gw.T @ gb / norm2
         fit = float((torch.outer(gb, h) - gw).norm() / gw.norm())
+        if fit > ONE_SAMPLE_RTOL:
+            raise ValueError(f"the head's weight gradient is not rank one (relative "
+                             f"misfit {fit:.2g} of dL/dW = dL/db h^T): these are the "
+                             "gradients of a batch, and this attack inverts one sample")
         return h, gb.clone(), {"head": "bias ratio", "residual_gradient": fit}
     if head.layer.out_features != 1:
         raise ValueError("a head without bias needs one logit and the logistic loss "
                          "(R-GAP's setting); a multi-class head needs a bias")
+    kind = Activation(head.act, where=f"layer {head.name}").kind
+    if kind not in ("identity", "leakyrelu"):
+        raise ValueError(f"layer {head.name}: a bias-free logistic head needs no "
+                         "activation or a LeakyReLU after it (the margin equation), "
+                         f"got {type(head.act).__name__}")
     if labels is None:
         raise ValueError("the logistic head needs the label (0 or 1)")
     y = torch.as_tensor(labels).flatten()
@@ -116,6 +151,8 @@ def invert_head(head: Block, grads: list[torch.Tensor], labels, branch: str = "s
     value = float((gw * head.layer.weight).sum())
     mu = solve_margin(value, branch)
     k = -sign / (1.0 + math.exp(mu))
+    if kind == "leakyrelu" and sign * mu < 0:      # output, hence z, negative
+        k *= head.act.negative_slope
     if abs(k) < 1e-300:
         raise ValueError("the logistic loss is saturated (margin too large): dL/df = 0")
     h = gw[0] / k
@@ -132,6 +169,22 @@ def step_down(upper: Block, act: Activation, x_upper: torch.Tensor,
     z = act.inverse(x_upper.reshape(lower.out_shape))
     back = upper.backward(delta_upper.reshape(upper.out_shape)).reshape(lower.out_shape)
     return z, back * act.derivative(z)
+
+
+def check_one_sample(head_stats: dict, stats: dict, layer: str) -> None:
+    """ValueError if the first layer below a logistic head cannot fit its gradient.
+
+    Its output and signal come exactly from the head, so for one sample its
+    system is consistent (float32 gradients: relative residual ~1e-6); the
+    gradients of a batch leave a residual of order 0.1-1. (A bias head is
+    checked by ``invert_head`` already; a rank-deficient layer fits anything.)
+    """
+    if head_stats.get("head") != "logistic margin" or stats.get("deficiency", 0):
+        return
+    if stats.get("residual_gradient", 0.0) > ONE_SAMPLE_RTOL * 10:
+        raise ValueError(f"layer {layer}: its gradient misfits the exact solve by "
+                         f"{stats['residual_gradient']:.2g} (relative): these are the "
+                         "gradients of a batch, and this attack inverts one sample")
 
 
 def layer_system(block: Block, z: torch.Tensor, delta: torch.Tensor,
@@ -167,13 +220,15 @@ def rgap(model: nn.Module, grads, labels=None, *, input_shape,
     """
     start = time.perf_counter()
     dtype = next(model.parameters()).dtype
-    net, parts, acts, grads = _prepare(model, grads, input_shape, clip)
+    net, parts, acts, grads = _prepare(model, grads, input_shape, clip, branch)
     x, delta, head_stats = invert_head(parts[-1], grads, labels, branch)
     layer_stats = [{"layer": parts[-1].name, **head_stats, "input": x}]
     for i in range(len(parts) - 2, -1, -1):
         z, delta = step_down(parts[i + 1], acts[i], x, delta, parts[i])
         system = layer_system(parts[i], z, delta, grads, grad_weight, scale)
         x, stats = system.solve(diagnostics, spectrum, dense_limit=dense_limit)
+        if i == len(parts) - 2:
+            check_one_sample(head_stats, stats, parts[i].name)
         layer_stats.append({"layer": parts[i].name, **stats, "input": x})
     if not torch.isfinite(x).all():
         raise ValueError("the reconstruction is not finite: a layer's system is "
