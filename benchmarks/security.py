@@ -287,15 +287,26 @@ def cheap() -> dict:
     return out
 
 
-def main() -> None:
+def main(argv=None) -> None:
+    """``--audits``: the zoo's audits, blind-pixel caps and baselines only, no
+    attacks (about 15 min at one thread; what chapter 08 reads). Without it,
+    every attack on every model too (hours on a shared machine)."""
+    import argparse
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.security")
+    parser.add_argument("--audits", action="store_true",
+                        help="audit the zoo without running the attacks")
+    args = parser.parse_args(argv)
     lb.seed_everything(0, threads=1)
     record = provenance(command_line())
     started = time.time()
-    payload = dict(audit_seed=0, audit_rtol=1e-6, budgets=BUDGETS,
+    budgets = {"attacks": "not run (--audits); chapter 07's benchmark attacks the "
+                          "models the chapters discuss"} if args.audits else BUDGETS
+    payload = dict(audit_seed=0, audit_rtol=1e-6, budgets=budgets,
                    images={"split": "test", "indices": list(IMAGES),
                            "names": [lb.data.EVALUATION_NAMES[i] for i in IMAGES]},
                    timing=timing())
-    payload["zoo"] = [zoo_row(entry) for entry in zoo()]
+    payload["zoo"] = [zoo_row(entry, only=() if args.audits else None)
+                      for entry in zoo()]
     payload["total_seconds"] = round(time.time() - started, 1)
     payload["load_average"] = [round(v, 2) for v in os.getloadavg()]
     out = write("security_bench.json", payload, record, cheap())
