@@ -843,6 +843,9 @@ def _ch04_iterations(answer, seed: int):
             return None
         return ("This history never falls below the threshold: return None "
                 "then, not an index.")
+    if raw is None:
+        return ("This history does fall below the threshold: return the index "
+                "of the first value that does.")
     got = as_int(raw)
     if got is None:
         return "Return the index as a whole number (or None if it never falls below)."
@@ -873,7 +876,7 @@ def _ch05_tv(answer, seed: int):
     dv = img[..., 1:, :] - img[..., :-1, :]
     expected = dh.abs().mean() + dv.abs().mean()
     (g_ref,) = torch.autograd.grad(expected, img)
-    expected = expected.detach()
+    expected, dh, dv = expected.detach(), dh.detach(), dv.detach()
     raw = answer(img)
     got = as_float(raw)
     if got is None or not math.isfinite(got):
