@@ -683,60 +683,342 @@ def _ch03_span(answer, seed: int):
             "rows of an orthonormal basis of the span.")
 
 
-# --- chapters 04-05 ---------------------------------------------------------
+# --- chapter 04 -------------------------------------------------------------
 
 
-@register("ch04-ex-distance")
-def _ch04_distance(answer, model, x, y) -> bool:
-    """DLG's L2 distance between the gradients of (x, y) and (x, (y + 1) % C)."""
-    from .attacks.matching import l2_distance
-    from .fl import shared_gradients
-    c = model(x).shape[-1]
-    expected = l2_distance(shared_gradients(model, x, (y + 1) % c),
-                           shared_gradients(model, x, y))
-    return close(answer, expected, rtol=1e-4,
-                 hint="Sum the squared differences over every parameter tensor.")
+def _tensor_lists(seed: int, dtype=F64):
+    """Two lists of tensors of the same shapes (a gradient and a target),
+    drawn from seed: 1 to 5 tensors of 1 to 4 dimensions."""
+    pick = random.Random(seed)
+    gen = torch.Generator().manual_seed(seed)
+    shapes = [tuple(pick.randint(1, 6) for _ in range(pick.randint(1, 4)))
+              for _ in range(pick.randint(1, 5))]
+    grads = [torch.randn(s, generator=gen, dtype=dtype) for s in shapes]
+    target = [torch.randn(s, generator=gen, dtype=dtype) * pick.uniform(0.1, 3)
+              for s in shapes]
+    return grads, target
 
 
-@register("ch04-ex-scale")
-def _ch04_scale(answer) -> bool:
-    """The loss factor c of a client that used 0.5 * CE."""
-    return close(answer, 0.5, rtol=1e-3,
-                 hint="Divide the shared bias gradient of the true class by p_c - 1.")
+def _ch04_lenet_gradients(seed: int):
+    """DLG's LeNet at 16x16 (the chapter's), a test image's gradient with its
+    label and with the next label; float64."""
+    from . import data, fl, models
+    xs, ys = data.evaluation_set("test", size=16)
+    k = 1 if seed == 0 else seed % 12
+    x, y = xs[k:k + 1].to(F64), ys[k:k + 1] % 10
+    model = models.build("lenet_dlg", seed=seed, image_size=16, dtype=F64)
+    return (fl.shared_gradients(model, x, (y + 1) % 10),
+            fl.shared_gradients(model, x, y))
 
 
-@register("ch04-ex-iterations")
-def _ch04_iterations(answer, loss_history) -> bool:
-    """First iteration at which the distance is below 1e-6 of its start."""
-    h = torch.as_tensor(loss_history, dtype=torch.float64)
-    below = (h < 1e-6 * h[0]).nonzero()
-    if len(below) == 0:
-        return verdict(False, "This run never got below 1e-6: run more iterations.")
-    return verdict(int(answer) == int(below[0]),
-                   "Count from 0 and take the first index below the threshold.")
+def _differentiable(got, grads) -> bool:
+    """Does the answer carry an autograd graph back to the tensors of grads?"""
+    return (isinstance(got, torch.Tensor) and got.requires_grad
+            and got.numel() == 1)
 
 
-@register("ch05-ex-tv")
-def _ch05_tv(answer, x) -> bool:
-    """Anisotropic total variation of an image batch x."""
-    from .attacks.matching import total_variation
-    return close(answer, total_variation(x, {}), rtol=1e-5,
-                 hint="Mean absolute difference of horizontal neighbours plus "
-                      "that of vertical neighbours.")
+@answer_check("ch04-ex-distance", forbid=("leakbook.attacks.matching.l2_distance",
+                                          "leakbook.attacks.matching.gradient_distance"))
+def _ch04_distance(answer, seed: int):
+    """l2_gradient_distance(grads, target) -> scalar, differentiable in grads."""
+    if seed == 0:
+        grads, target = _ch04_lenet_gradients(0)
+    else:
+        grads, target = _tensor_lists(seed, random.Random(seed).choice(
+            [torch.float32, F64]))
+    grads = [g.detach().clone().requires_grad_(True) for g in grads]
+    expected = sum(((g.detach().double() - t.double()) ** 2).sum()
+                   for g, t in zip(grads, target))
+    raw = answer(grads, [t.clone() for t in target])
+    got = as_float(raw)
+    if got is None or not math.isfinite(got):
+        return "Return one number: a torch scalar (a tensor with one entry)."
+    rel = abs(got - float(expected)) / max(float(expected), 1e-300)
+    if rel > 1e-5:
+        if abs(got ** 2 - float(expected)) <= 1e-5 * float(expected):
+            return ("DLG's distance is not the length of the difference: it is "
+                    "squared.")
+        return ("Not DLG's distance: compare the tensors entry by entry, and "
+                "add up over the entries of every tensor of the list.")
+    if not _differentiable(raw, grads):
+        return ("Right value, but DLG descends on this number: return a torch "
+                "scalar that autograd can differentiate with respect to the "
+                "tensors of grads (no .item(), no NumPy).")
+    derivs = torch.autograd.grad(raw, grads, allow_unused=True)
+    if any(d is None or not torch.allclose(d.double(), 2 * (g.detach().double()
+                                                            - t.double()),
+                                           rtol=1e-4, atol=1e-6)
+           for d, g, t in zip(derivs, grads, target)):
+        return ("Right value, but its derivative with respect to grads is not "
+                "right: keep every tensor in the graph (no .detach()).")
+    return None
 
 
-@register("ch05-ex-bn-mean")
-def _ch05_bn_mean(answer, batch_mean) -> bool:
-    """A BN layer's batch mean recovered from its running-mean update."""
-    return close(answer, batch_mean, rtol=1e-4, atol=1e-6,
-                 hint="running_new = (1 - momentum) running_old + momentum batch_mean.")
+def _ch04_client(seed: int):
+    """A client with one sample and a secret loss factor c in [0.1, 5]:
+    (model, grads of c * CE, x (1, ...), label int, c)."""
+    from . import data, fl, models
+    pick = random.Random(seed)
+    c = pick.uniform(0.1, 5.0)
+    if seed == 0 or pick.random() < 0.4:
+        xs, ys = data.evaluation_set("test", size=16)
+        k = 1 if seed == 0 else pick.randrange(12)
+        x, label = xs[k:k + 1].to(F64), int(ys[k]) % 10
+        model = models.build("lenet_dlg", seed=seed, image_size=16, dtype=F64)
+    else:
+        x, y = data.load("digits", 1, seed=seed, dtype=F64)
+        classes = pick.choice([10, 20, 100])
+        label = int(y[0]) % classes if pick.random() < 0.5 else pick.randrange(
+            classes)
+        model = models.build("mlp", seed=seed, in_features=64,
+                             widths=(pick.choice([16, 32, 64]),),
+                             activation=pick.choice(["sigmoid", "tanh", "relu"]),
+                             num_classes=classes, dtype=F64)
+    loss = lambda out, t: c * torch.nn.functional.cross_entropy(out, t)  # noqa
+    grads = fl.shared_gradients(model, x, torch.tensor([label]), loss=loss)
+    return model, grads, x, label, c
 
 
-@register("ch05-ex-cosine")
-def _ch05_cosine(answer) -> bool:
-    """Cosine distance between c * g and g for any c > 0."""
-    return close(answer, 0.0, atol=1e-6,
-                 hint="The cosine does not change when a vector is scaled by c > 0.")
+@answer_check("ch04-ex-scale")
+def _ch04_scale(answer, seed: int):
+    """loss_scale(model, grads, x, label) -> the client's loss factor c."""
+    model, grads, x, label, c = _ch04_client(seed)
+    before = [p.detach().clone() for p in model.parameters()]
+    got = as_float(answer(model, [g.clone() for g in grads], x.clone(), label))
+    if not all(torch.equal(p.detach(), b) for p, b in zip(model.parameters(),
+                                                          before)):
+        return "Your function changed the model: leave the server's model as it is."
+    if got is None or not math.isfinite(got):
+        return "Return the factor as one real number."
+    if abs(got - c) <= 1e-6 * c:
+        return None
+    if abs(got + c) <= 1e-6 * c:
+        return ("Wrong sign: the factor is positive; check the sign of the "
+                "cross-entropy's derivative for the true class.")
+    if abs(got * c - 1) <= 1e-6:
+        return ("Upside down: you divided the plain cross-entropy's gradient by "
+                "the client's.")
+    return ("Not the client's factor: compute what the plain cross-entropy "
+            "would give for this image and label with this model, and compare "
+            "it with the shared gradient.")
+
+
+def _ch04_history(seed: int):
+    """A loss history (list of floats) and a ratio, drawn from seed.
+
+    Seed 0 decays like an L-BFGS run with a plateau; seed 1 never gets below
+    the ratio; others mix plateaus, bumps back above the threshold after the
+    first crossing, and histories that never cross."""
+    pick = random.Random(seed)
+    gen = np.random.default_rng(seed)
+    n = 300 if seed == 0 else pick.randint(20, 400)
+    rate = pick.uniform(0.02, 0.2)
+    steps = -rate * np.abs(1 + 0.5 * gen.standard_normal(n - 1))
+    if seed == 0 or pick.random() < 0.5:               # a plateau
+        a = pick.randrange(n // 4, n // 2)
+        steps[a:a + n // 8] = 0.001 * gen.standard_normal(len(steps[a:a + n // 8]))
+    logs = np.concatenate([[0.0], np.cumsum(steps)]) + pick.uniform(-2, 2)
+    history = np.exp(logs)
+    total = logs[-1] - logs[0]
+    if seed == 1 or (seed > 1 and pick.random() < 0.25):
+        ratio = float(np.exp(total - pick.uniform(0.5, 3)))   # never below
+    else:
+        ratio = float(np.exp(pick.uniform(0.3, 0.8) * total))
+        first = int(np.argmax(history < ratio * history[0]))
+        if seed == 0 or pick.random() < 0.6:          # bounce back above
+            end = min(n, first + pick.randint(2, 6))
+            history[first + 1:end] = 2 * ratio * history[0]
+    return [float(h) for h in history], ratio
+
+
+@answer_check("ch04-ex-iterations")
+def _ch04_iterations(answer, seed: int):
+    """first_below(history, ratio) -> first i with history[i] < ratio * history[0]."""
+    history, ratio = _ch04_history(seed)
+    below = [i for i, h in enumerate(history) if h < ratio * history[0]]
+    expected = below[0] if below else None
+    raw = answer(list(history), ratio)
+    if expected is None:
+        if raw is None:
+            return None
+        return ("This history never falls below the threshold: return None "
+                "then, not an index.")
+    if raw is None:
+        return ("This history does fall below the threshold: return the index "
+                "of the first value that does.")
+    got = as_int(raw)
+    if got is None:
+        return "Return the index as a whole number (or None if it never falls below)."
+    if got == expected:
+        return None
+    if got == expected + 1:
+        return "Off by one: count from 0, where history[0] is the starting value."
+    if got in below:
+        return ("That index is below the threshold, but not the first one: the "
+                "history can go back up after it first falls below.")
+    return ("Not the first iteration below the threshold: compare each value "
+            "with the ratio times the starting value, not with the previous one.")
+
+
+# --- chapter 05 -------------------------------------------------------------
+
+
+@answer_check("ch05-ex-tv", forbid=("leakbook.attacks.matching.total_variation",))
+def _ch05_tv(answer, seed: int):
+    """total_variation(img) -> scalar, differentiable, for img (B, C, H, W)."""
+    pick = random.Random(seed)
+    gen = torch.Generator().manual_seed(seed)
+    shape = (1, 3, 16, 16) if seed == 0 else (
+        (2, 1, 5, 9) if seed == 1 else (pick.randint(1, 4), pick.randint(1, 3),
+                                        pick.randint(2, 20), pick.randint(2, 20)))
+    img = torch.rand(shape, generator=gen, dtype=F64).requires_grad_(True)
+    dh = img[..., :, 1:] - img[..., :, :-1]
+    dv = img[..., 1:, :] - img[..., :-1, :]
+    expected = dh.abs().mean() + dv.abs().mean()
+    (g_ref,) = torch.autograd.grad(expected, img)
+    expected, dh, dv = expected.detach(), dh.detach(), dv.detach()
+    raw = answer(img)
+    got = as_float(raw)
+    if got is None or not math.isfinite(got):
+        return "Return one number: a torch scalar (a tensor with one entry)."
+    if abs(got - float(expected)) > 1e-8 * float(expected):
+        sums = float(dh.abs().sum() + dv.abs().sum())
+        if abs(got - sums) <= 1e-8 * sums:
+            return "Average the differences, do not add them up."
+        if abs(got - float(dh.abs().mean())) <= 1e-8 or abs(
+                got - float(dv.abs().mean())) <= 1e-8:
+            return "You have one direction only: neighbours differ across and down."
+        return ("Not the total variation of the chapter: check what each of "
+                "its two means runs over, on images whose height and width "
+                "differ.")
+    if not (isinstance(raw, torch.Tensor) and raw.requires_grad):
+        return ("Right value, but the attack descends on this prior: return a "
+                "torch scalar that autograd can differentiate (no .item(), no "
+                "NumPy).")
+    (g_got,) = torch.autograd.grad(raw, img, allow_unused=True)
+    if g_got is None or not torch.allclose(g_got.double(), g_ref, rtol=1e-6,
+                                           atol=1e-10):
+        return "Right value, but not its derivative: keep the image in the graph."
+    return None
+
+
+def _ch05_bn_case(seed: int):
+    """(running_before, running_after, momentum, batch mean) of a BN layer that
+    sees one batch in train mode. Seed 0 is the chapter's: resnet_tiny (seed 1)
+    at 16x16, its second BN layer, buffers moved by an earlier batch."""
+    from . import models
+    from .attacks.matching import batchnorm_layers
+    pick = random.Random(seed)
+    gen = torch.Generator().manual_seed(seed)
+    if seed == 0:
+        net = models.build("resnet_tiny", seed=1, image_size=16)
+        layer = batchnorm_layers(net)[1]
+        net.train()
+        with torch.no_grad():
+            net(torch.rand(8, 3, 16, 16, generator=gen))   # an earlier round
+        seen = []
+        hook = layer.register_forward_hook(
+            lambda m, i, o: seen.append(i[0].mean((0, 2, 3))))
+        before = layer.running_mean.clone()
+        with torch.no_grad():
+            net(torch.rand(4, 3, 16, 16, generator=gen))
+        hook.remove()
+        return before, layer.running_mean.clone(), layer.momentum, seen[0]
+    channels = pick.randint(1, 32)
+    momentum = pick.uniform(0.01, 0.4)
+    two_d = pick.random() < 0.6
+    layer = (torch.nn.BatchNorm2d if two_d else torch.nn.BatchNorm1d)(
+        channels, momentum=momentum).to(F64)
+    layer.running_mean.copy_(torch.randn(channels, generator=gen, dtype=F64))
+    shape = ((pick.randint(2, 8), channels, pick.randint(1, 6), pick.randint(1, 6))
+             if two_d else (pick.randint(2, 16), channels))
+    x = torch.randn(shape, generator=gen, dtype=F64) * pick.uniform(0.5, 3) + (
+        torch.randn(channels, generator=gen, dtype=F64).reshape(
+            (1, channels) + (1,) * (len(shape) - 2)))
+    before = layer.running_mean.clone()
+    layer.train()
+    with torch.no_grad():
+        layer(x)
+    dims = [0] + list(range(2, x.dim()))
+    return before, layer.running_mean.clone(), momentum, x.mean(dims)
+
+
+@answer_check("ch05-ex-bn-mean",
+              forbid=("leakbook.attacks.matching.batchnorm_statistics",
+                      "leakbook.attacks.matching._bn_hooks"))
+def _ch05_bn_mean(answer, seed: int):
+    """batch_mean(running_before, running_after, momentum) -> (C,) batch mean."""
+    before, after, momentum, expected = _ch05_bn_case(seed)
+    got = as_tensor(answer(before.clone(), after.clone(), momentum))
+    expected = expected.to(F64)
+    if got is None or got.shape != expected.shape:
+        return f"Return one mean per channel: a tensor of shape ({len(expected)},)."
+    tol = (1e-9 if before.dtype == F64 else 1e-4) * max(1.0, float(
+        expected.abs().max()))
+    if torch.allclose(got, expected, rtol=0, atol=tol):
+        return None
+    b, a = before.double(), after.double()
+    if torch.allclose(got, (a - momentum * b) / (1 - momentum), atol=tol):
+        return ("The roles are swapped: in PyTorch the momentum is the weight "
+                "of the new batch's statistic, not of the old running value.")
+    if torch.allclose(got, a / momentum, atol=tol):
+        return ("The buffer held a value before this batch: it does not start "
+                "at zero here.")
+    return ("Not the batch mean: write the buffer's update as PyTorch does it "
+            "and solve it for the batch's statistic.")
+
+
+@answer_check("ch05-ex-cosine", forbid=("leakbook.attacks.matching.cosine_distance",
+                                        "leakbook.attacks.matching.gradient_distance"))
+def _ch05_cosine(answer, seed: int):
+    """cosine_distance(grads, target) -> scalar over all tensors concatenated."""
+    if seed == 0:
+        grads, target = _ch04_lenet_gradients(0)
+    else:
+        grads, target = _tensor_lists(seed, random.Random(seed).choice(
+            [torch.float32, F64]))
+        if len(grads) == 1:                      # per-layer and global differ
+            gen = torch.Generator().manual_seed(seed)
+            grads.append(torch.randn(3, generator=gen, dtype=grads[0].dtype))
+            target.append(-5 * grads[-1].clone())
+    grads = [g.detach().clone().requires_grad_(True) for g in grads]
+    flat_g = torch.cat([g.detach().double().reshape(-1) for g in grads])
+    flat_t = torch.cat([t.double().reshape(-1) for t in target])
+
+    def cos(a, b):
+        return float(a @ b / (a.norm() * b.norm()))
+
+    expected = 1 - cos(flat_g, flat_t)
+    raw = answer(grads, [t.clone() for t in target])
+    got = as_float(raw)
+    if got is None or not math.isfinite(got):
+        return "Return one number: a torch scalar (a tensor with one entry)."
+    if abs(got - expected) > 1e-6 * max(1.0, abs(expected)):
+        if abs(got - (1 - expected)) <= 1e-6:
+            return ("That is the cosine similarity: the attack minimises a "
+                    "distance, zero when the directions agree.")
+        per = [1 - cos(g.detach().double().reshape(-1), t.double().reshape(-1))
+               for g, t in zip(grads, target)]
+        if abs(got - sum(per) / len(per)) <= 1e-6 or abs(got - sum(per)) <= 1e-6:
+            return ("You compare layer by layer: the distance takes one cosine "
+                    "over all tensors of the list at once.")
+        return ("Not the cosine distance over all tensors at once: check the "
+                "inner product and the two lengths.")
+    if not (isinstance(raw, torch.Tensor) and raw.requires_grad):
+        return ("Right value, but the attack descends on this distance: return a "
+                "torch scalar that autograd can differentiate with respect to "
+                "grads (no .item(), no NumPy).")
+    flat = torch.cat([g.double().reshape(-1) for g in grads])
+    ref = 1 - flat @ flat_t / (flat.norm() * flat_t.norm())
+    d_ref = torch.autograd.grad(ref, grads)
+    d_got = torch.autograd.grad(raw, grads, allow_unused=True)
+    scale = max(float(d.abs().max()) for d in d_ref)
+    if any(a is None or not torch.allclose(a.double(), b.double(), rtol=1e-3,
+                                           atol=1e-5 * scale)
+           for a, b in zip(d_got, d_ref)):
+        return ("Right value, but its derivative with respect to grads is not "
+                "right: keep every tensor in the graph (no .detach()).")
+    return None
 
 
 

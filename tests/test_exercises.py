@@ -114,6 +114,110 @@ REFERENCE.update({"ch03-ex-idlg": idlg_label, "ch03-ex-counts": label_counts,
                   "ch03-ex-llg-plus": llg_plus_labels, "ch03-ex-span": absent_classes})
 
 
+# --- chapters 04-05 --------------------------------------------------------
+
+def l2_gradient_distance(grads, target):
+    return sum(((g - t) ** 2).sum() for g, t in zip(grads, target))
+
+
+def loss_scale(model, grads, x, label):
+    with torch.no_grad():
+        p = torch.softmax(model(x), -1)[0]
+    return float(grads[-1][label] / (p[label] - 1))
+
+
+def loss_scale_by_norms(model, grads, x, label):
+    """Another honest route: the plain cross-entropy's gradient, lengths compared."""
+    plain = lb.fl.shared_gradients(model, x, torch.tensor([label]))
+    return (sum((g * g).sum() for g in grads) / sum((g * g).sum() for g in plain)
+            ) ** 0.5
+
+
+def first_below(history, ratio):
+    for i, value in enumerate(history):
+        if value < ratio * history[0]:
+            return i
+    return None
+
+
+def first_below_numpy(history, ratio):
+    """Another honest route, vectorised."""
+    h = np.asarray(history)
+    hits = np.flatnonzero(h < ratio * h[0])
+    return int(hits[0]) if len(hits) else None
+
+
+def total_variation(img):
+    return ((img[..., :, 1:] - img[..., :, :-1]).abs().mean()
+            + (img[..., 1:, :] - img[..., :-1, :]).abs().mean())
+
+
+def batch_mean(running_before, running_after, momentum):
+    return (running_after - (1 - momentum) * running_before) / momentum
+
+
+def cosine_distance(grads, target):
+    dot = sum((g * t).sum() for g, t in zip(grads, target))
+    norm_g = sum((g * g).sum() for g in grads).sqrt()
+    norm_t = sum((t * t).sum() for t in target).sqrt()
+    return 1 - dot / (norm_g * norm_t)
+
+
+def cosine_distance_flat(grads, target):
+    """Another honest route: concatenate, then torch's cosine similarity."""
+    a = torch.cat([g.reshape(-1) for g in grads])
+    b = torch.cat([t.reshape(-1) for t in target])
+    return 1 - torch.nn.functional.cosine_similarity(a, b, dim=0)
+
+
+REFERENCE.update({"ch04-ex-distance": l2_gradient_distance,
+                  "ch04-ex-scale": loss_scale, "ch04-ex-iterations": first_below,
+                  "ch05-ex-tv": total_variation, "ch05-ex-bn-mean": batch_mean,
+                  "ch05-ex-cosine": cosine_distance})
+
+
+def test_other_honest_routes_pass_the_ch04_ch05_checks():
+    assert run("ch04-ex-scale", loss_scale_by_norms)[0]
+    assert run("ch04-ex-iterations", first_below_numpy)[0]
+    assert run("ch05-ex-cosine", cosine_distance_flat)[0]
+    assert run("ch04-ex-distance", lambda g, t: l2_gradient_distance(g, t)
+               .reshape(1))[0]
+
+
+def test_the_ch04_ch05_cases_hold_their_traps():
+    """Public cases catch the plausible wrong answers, hidden ones vary."""
+    def never(history, ratio):
+        return int(np.argmax(np.asarray(history) < ratio * history[0]))
+    check = E.ANSWER_CHECKS["ch04-ex-iterations"]
+    assert check.run(E._Answer(never, ()), 1) is not None
+    def last(history, ratio):
+        hits = [i for i, h in enumerate(history) if h < ratio * history[0]]
+        return hits[-1] if hits else None
+    assert check.run(E._Answer(last, ()), 0) is not None
+    seeds = [0, 1, *E.hidden_seeds("probe", 30, "probe")]
+    for label, fn in [("ch04-ex-distance", l2_gradient_distance),
+                      ("ch04-ex-scale", loss_scale),
+                      ("ch04-ex-iterations", first_below),
+                      ("ch05-ex-tv", total_variation),
+                      ("ch05-ex-bn-mean", batch_mean),
+                      ("ch05-ex-cosine", cosine_distance)]:
+        check = E.ANSWER_CHECKS[label]
+        for seed in seeds:
+            assert check.run(E._Answer(fn, ()), seed) is None, (label, seed)
+
+
+def test_ch04_ch05_feedback_shows_no_numbers():
+    wrong = [("ch04-ex-distance", lambda g, t: 1.1 * l2_gradient_distance(g, t)),
+             ("ch04-ex-scale", lambda *a: 1.1 * loss_scale(*a)),
+             ("ch04-ex-iterations", lambda h, r: 3),
+             ("ch05-ex-tv", lambda img: 1.1 * total_variation(img)),
+             ("ch05-ex-bn-mean", lambda b, a, m: 1.1 * batch_mean(b, a, m)),
+             ("ch05-ex-cosine", lambda g, t: 1.1 * cosine_distance(g, t))]
+    for label, fn in wrong:
+        ok, text = run(label, fn)
+        assert not ok and not any(ch.isdigit() for ch in text), text
+
+
 # --- chapter 09 -------------------------------------------------------------
 
 def third_coefficient(activation):
@@ -512,6 +616,76 @@ CHEATS += [
      "estimated path"),
     ("ch06-ex-counts", lambda b, p, lr, n: lb.attacks.labels.geng(
         None, -b / lr, n, p.mean(0)), "geng"),
+]
+
+
+l2d = lb.attacks.matching.l2_distance
+tvf = lb.attacks.REGULARIZERS["tv"]
+
+
+def scale_in_place(model, grads, x, label):
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.0)
+            p.add_(1.0)
+    return loss_scale(model, grads, x, label)
+
+
+CHEATS += [
+    ("ch04-ex-distance", lambda g, t: lb.attacks.matching.l2_distance(g, t),
+     "matching.l2_distance"),
+    ("ch04-ex-distance", lambda g, t: l2d(g, t), "l2_distance"),
+    ("ch04-ex-distance", lambda g, t: l2_gradient_distance(g, t).sqrt(), "squared"),
+    ("ch04-ex-distance", lambda g, t: l2_gradient_distance(g, t).item(),
+     "differentiate"),
+    ("ch04-ex-distance", lambda g, t: l2_gradient_distance(
+        [a.detach() for a in g], t), "differentiate"),
+    ("ch04-ex-distance", lambda g, t: ((g[0].detach() - t[0]) ** 2).sum()
+     + l2_gradient_distance(g[1:], t[1:]), "derivative"),
+    ("ch04-ex-distance", lambda g, t: sum(((a - b) ** 2).mean() for a, b in zip(g, t)),
+     "Not DLG's distance"),
+    ("ch04-ex-scale", lambda *a: -loss_scale(*a), "Wrong sign"),
+    ("ch04-ex-scale", lambda *a: 1 / loss_scale(*a), "Upside down"),
+    ("ch04-ex-scale", lambda *a: 0.5, "Not the client's factor"),
+    ("ch04-ex-scale", scale_in_place, "changed the model"),
+    ("ch04-ex-iterations", lambda h, r: int(np.argmax(np.asarray(h) < r * h[0])),
+     "never falls below"),
+    ("ch04-ex-iterations", lambda h, r: first_below(h, r) + 1 if first_below(h, r)
+     is not None else None, "Off by one"),
+    ("ch04-ex-iterations", lambda h, r: max((i for i, v in enumerate(h)
+                                            if v < r * h[0]), default=None),
+     "not the first one"),
+    ("ch04-ex-iterations", lambda h, r: next((i for i in range(1, len(h))
+                                              if h[i] < r * h[i - 1]), None),
+     "does fall below"),
+    ("ch04-ex-iterations", lambda h, r: next((i for i in range(1, len(h))
+                                              if h[i] < r * h[i - 1]), 0),
+     "Not the first iteration"),
+    ("ch05-ex-tv", lambda img: lb.attacks.matching.total_variation(img, {}),
+     "total_variation"),
+    ("ch05-ex-tv", lambda img: tvf(img, {}), "total_variation"),
+    ("ch05-ex-tv", lambda img: ((img[..., :, 1:] - img[..., :, :-1]).abs().sum()
+                                + (img[..., 1:, :] - img[..., :-1, :]).abs().sum()),
+     "Average"),
+    ("ch05-ex-tv", lambda img: (img[..., :, 1:] - img[..., :, :-1]).abs().mean(),
+     "one direction"),
+    ("ch05-ex-tv", lambda img: ((img[..., :, 1:] - img[..., :, :-1]).abs().sum()
+                                + (img[..., 1:, :] - img[..., :-1, :]).abs().sum())
+     / img.numel(), "Not the total variation"),
+    ("ch05-ex-tv", lambda img: total_variation(img).item(), "differentiate"),
+    ("ch05-ex-bn-mean", lambda b, a, m: (a - m * b) / (1 - m), "swapped"),
+    ("ch05-ex-bn-mean", lambda b, a, m: a / m, "held a value"),
+    ("ch05-ex-bn-mean", lambda b, a, m: a, "Not the batch mean"),
+    ("ch05-ex-bn-mean", lambda b, a, m: batch_mean(b, a, m)[:-1], "shape"),
+    ("ch05-ex-cosine", lambda g, t: lb.attacks.matching.cosine_distance(g, t),
+     "cosine_distance"),
+    ("ch05-ex-cosine", lambda g, t: 1 - cosine_distance(g, t), "similarity"),
+    ("ch05-ex-cosine", lambda g, t: sum(cosine_distance([a], [b]) for a, b
+                                        in zip(g, t)) / len(g), "layer by layer"),
+    ("ch05-ex-cosine", lambda g, t: cosine_distance(g, t).item(), "differentiate"),
+    ("ch05-ex-cosine", lambda g, t: 1 - sum((a * b).sum() for a, b in zip(g, t))
+     / (sum((a * a).sum() for a in g) * sum((b * b).sum() for b in t)),
+     "Not the cosine distance"),
 ]
 
 
