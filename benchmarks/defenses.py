@@ -52,7 +52,9 @@ CLIENTS = 10          # clients per round (of NUM_CLIENTS)
 NUM_CLIENTS = 100
 LR = 0.3              # server step; chosen on a validation split, undefended
 IDLG = {"max_iter": 500, "max_time": 120.0, "history": 50, "rel_tol": 1e-12,
-        "restarts": 1, "seed": 0}   # max_time: a safety net, not a budget
+        "restarts": 1, "seed": 0, "init": "randn", "stall": 50}
+# max_time: a safety net, not a budget; init and stall pinned to the values
+# the stored run used (dlg's defaults changed after it: grey start, stall 100)
 IG = {"iterations": 300, "lr": 0.1, "restarts": 1, "seed": 0, "signed": True,
       "boxed": True, "decay": True, "init": "rand", "dtype": torch.float32}
 #: total-variation weights inverting gradients may use; per setting the server
@@ -256,7 +258,8 @@ def cheap() -> dict:
             model, acc, _ = train(model_name, task, defend, rounds=20, clients=3)
             if model_name == "lenet":
                 leak = leakage_lenet(model, task, defend, images=2, split="dev",
-                                     idlg={"max_iter": 15, "seed": 0},
+                                     idlg={"max_iter": 15, "seed": 0, "init": "randn",
+                                           "stall": 50},
                                      ig={**IG, "iterations": 10})
             else:
                 leak = leakage_fc(model, task, defend, images=2, split="dev")

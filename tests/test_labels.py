@@ -181,21 +181,6 @@ def test_count_lower_bounds_hold(digits):
         assert (low <= torch.bincount(yb, minlength=10)).all() and low.sum() >= 1
 
 
-def test_chapter_03_exercise_checks():
-    from leakbook import exercises
-    gb = torch.tensor([0.2, -0.5, 0.3])
-    assert exercises.check("ch03-ex-idlg", 1, gb)
-    assert not exercises.check("ch03-ex-idlg", 0, gb)
-    assert not exercises.check("ch03-ex-idlg", [1, 2], gb)
-    p = torch.tensor([0.3, 0.3, 0.4])
-    gb = p - torch.tensor([1.0, 3.0, 0.0]) / 4  # counts 1, 3, 0 in a batch of 4
-    assert exercises.check("ch03-ex-counts", torch.tensor([1.0, 3.0, 0.0]), gb, p, 4)
-    wrong = torch.tensor([2.0, 2.0, 0.0])
-    assert not exercises.check("ch03-ex-counts", wrong, gb, p, 4)
-    assert exercises.check("ch03-ex-tolerance", 1 / 128, 64)
-    assert not exercises.check("ch03-ex-tolerance", 1 / 64, 64)
-
-
 # --- LLG+ and LLG* -------------------------------------------------------------
 
 def _stale_index_llg_plus(gw, batch_size, impact, offset):
