@@ -1337,52 +1337,137 @@ def _ch09_width(answer, seed: int):
             "on a log scale, then solve the law for the width.")
 
 
-# --- chapters 09-10 ---------------------------------------------------------
+# --- chapter 10 -------------------------------------------------------------
 
 
-@register("ch10-ex-noise-error")
-def _ch10_noise_error(answer, grads, x, row: int, sigma: float,
-                      draws: int = 400) -> bool:
-    """Predicted rms error of the row-``row`` read-out under noise; 10 % of measured."""
-    from .defenses import gaussian_noise
-    try:
-        a = float(answer)
-    except (TypeError, ValueError):
-        return verdict(False, f"Expected a number, got {type(answer).__name__}.")
-    xf = torch.as_tensor(x, dtype=torch.float64).flatten()
-    sq = []
-    for seed in range(draws):
-        h = gaussian_noise(grads[:2], sigma, seed=seed)
-        sq.append(float(((h[0][row] / h[1][row] - xf) ** 2).sum()))
-    measured = (sum(sq) / len(sq)) ** 0.5
-    if abs(a - measured) <= 0.1 * measured:
-        return verdict(True)
-    if abs(a - measured ** 2) <= 0.1 * measured ** 2:
-        return verdict(False, "That looks like the mean squared error: take its root.")
-    return verdict(False, f"Measured {measured:.4g}. The error is (N_i - nu_i x) / "
-                   "gamma_i to first order: sigma sqrt(n + ||x||^2) / |gamma_i|.")
+def _ch10_client(seed: int):
+    """One client's digit x (1, 1, 8, 8), a float64 MLP and its update (list).
+
+    Seed 0 is the chapter's setting: the first target digit and the MLP of
+    seed 0 (64-100-10, ReLU). Other seeds draw a digit, scale its pixels,
+    and draw the MLP's width and activation.
+    """
+    from . import data, defenses, fl, models
+    if seed == 0:
+        x, y = defenses.target_digits(defenses.digits_task(8), "test")
+        x, y = x[:1].to(F64), y[:1]
+        net = models.build("mlp", seed=0, dtype=F64)
+    else:
+        pick = random.Random(seed)
+        x, y = data.load("digits", 1, seed=seed, dtype=F64)
+        x = x * pick.uniform(0.5, 3.0)
+        net = models.build("mlp", seed=seed, dtype=F64,
+                           widths=(pick.choice([50, 100, 200]),),
+                           activation=pick.choice(["relu", "tanh", "sigmoid"]))
+    return x, net, fl.shared_gradients(net, x, y % 10)
 
 
-@register("ch10-ex-bits")
-def _ch10_bits(answer, grads, x, target: float = 0.05) -> bool:
-    """Smallest bit width at which invert_fc reads x to ``target`` relative error."""
+@answer_check("ch10-ex-noise-error",
+              forbid=("leakbook.defenses.relative_noise",
+                      "leakbook.defenses.gaussian_noise",
+                      "leakbook.defenses.clip_and_noise"))
+def _ch10_noise_error(answer, seed: int):
+    """predicted_rms_error(update, x, ratio) -> the best row's predicted rms error."""
+    x, _, update = _ch10_client(seed)
+    ratio = 0.1 if seed == 0 else random.Random(seed + 1).uniform(0.01, 0.2)
+    d = sum(t.numel() for t in update)
+    norm = float(torch.sqrt(sum((t ** 2).sum() for t in update)))
+    sigma = ratio * norm / math.sqrt(d)
+    gamma = update[1].abs()
+    spread = math.sqrt(x.numel() + float((x ** 2).sum()))
+    expected = sigma * spread / float(gamma.max())
+    got = as_float(answer([t.clone() for t in update], x.clone(), ratio))
+    if got is None or not math.isfinite(got) or got <= 0:
+        return "Return one positive number (a float, or a NumPy or torch scalar)."
+
+    def near(value):
+        return abs(got / value - 1) <= 0.03
+
+    if near(expected):
+        return None
+    if near(expected ** 2):
+        return "That looks like a mean squared error: the task asks for its root."
+    if near(expected * float(gamma.max()) / float(gamma.norm())):
+        return ("That is the error of the combination of all rows; the task asks "
+                "for the single row the server reads first.")
+    first = math.sqrt(sum(t.numel() for t in update[:2]))
+    if near(expected * math.sqrt(d) / first) or near(
+            expected * math.sqrt(d) / first * float(
+                torch.sqrt((update[0] ** 2).sum() + (update[1] ** 2).sum())) / norm):
+        return ("The noise's size comes from the whole update, every layer of it, "
+                "not from the first layer alone.")
+    if near(expected * math.sqrt(x.numel()) / spread):
+        return ("The bias entry of the row is noisy too, and its noise is "
+                "multiplied by the input: look at the first-order error again.")
+    if near(ratio * spread / float(gamma.max())):
+        return ("The ratio is not the noise's standard deviation: it is measured "
+                "against the size of the update.")
+    return ("Not the predicted error: find the noise's standard deviation per "
+            "entry from the ratio and the update, then the first-order error of "
+            "the row the server reads.")
+
+
+@answer_check("ch10-ex-bits", forbid=("leakbook.defenses.quantize",))
+def _ch10_bits(answer, seed: int):
+    """smallest_bits(grad_weight, grad_bias, x, target) -> int (right/wrong only)."""
     from .attacks.analytic import invert_fc
     from .defenses import quantize
-    if isinstance(answer, bool) or not isinstance(answer, int):
-        return verdict(False, f"Expected an int, got {type(answer).__name__}.")
-    xf = torch.as_tensor(x, dtype=torch.float64).flatten()
+    x, _, update = _ch10_client(seed)
+    # seed 1: a case where 2**b steps, or rounding down, change the answer
+    target = {0: 0.05, 1: 0.03}.get(seed) or random.Random(seed + 2).choice(
+        [0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2])
+    flat = x.flatten()
 
-    def err(b):
-        q = quantize(grads[:2], b)
-        return float((invert_fc(q[0], q[1]).input - xf).norm() / xf.norm())
+    def error(bits):
+        q = quantize(update[:2], bits)
+        return float((invert_fc(q[0], q[1]).input - flat).norm() / flat.norm())
 
-    expected = next(b for b in range(1, 33) if err(b) < target)
-    if answer == expected:
-        return verdict(True)
-    if answer > expected:
-        return verdict(False, f"{answer} bits work, but fewer do too.")
-    return verdict(False, f"At {answer} bits the error is {err(answer):.3f}, "
-                   f"above {target}.")
+    expected = next(b for b in range(1, 33) if error(b) < target)
+    got = as_int(answer(update[0].clone(), update[1].clone(), x.clone(), target))
+    if got is None:
+        return "Return a whole number of bits (an int, or a NumPy or torch integer)."
+    if got == expected:
+        return None
+    return ("Not the smallest number of bits that reads this input below the "
+            "target error. Quantise the two tensors as the client does, read the "
+            "input as the server does, and compare with the input you were given.")
+
+
+def _ch10_noisy_case(seed: int):
+    """A digit, and the first layer's gradient after relative noise on the update."""
+    from .defenses import relative_noise
+    x, _, update = _ch10_client(seed)
+    ratio = 0.1 if seed == 0 else random.Random(seed + 3).uniform(0.03, 0.3)
+    noisy = relative_noise(update, ratio, seed=seed)
+    return x.flatten(), noisy[0], noisy[1]
+
+
+@answer_check("ch10-ex-denoise",
+              forbid=("leakbook.attacks.analytic.invert_fc",
+                      "leakbook.attacks.analytic.solve_fc_inputs",
+                      "leakbook.attacks.analytic.solve_last_layer_inputs"))
+def _ch10_denoise(answer, seed: int):
+    """noisy_readout(grad_weight, grad_bias) -> (n,) input read off a noisy layer."""
+    x, gw, gb = _ch10_noisy_case(seed)
+    best = (gb[:, None] * gw).sum(0) / (gb ** 2).sum()   # least squares, all rows
+    bound = 1.1 * float((best - x).norm())               # metric: reads the truth
+    got = as_tensor(answer(gw.clone(), gb.clone()))
+    if got is None or got.numel() != x.numel():
+        return f"Return one tensor of shape ({x.numel()},): the input, flattened."
+    got = got.reshape(-1)
+    if not torch.isfinite(got).all():
+        return "Your estimate holds NaN or inf: some bias entries may be tiny."
+    err = float((got - x).norm())
+    if err <= bound:
+        return None
+    i = int(gb.abs().argmax())
+    if torch.allclose(got, gw[i] / gb[i], rtol=1e-6, atol=1e-9):
+        return ("You read one row, and the noise of that row stays in your "
+                "estimate. Every row with a nonzero error signal carries the same "
+                "input: combine them.")
+    return ("Your estimate is further from the input than the best combination "
+            "of all rows. Rows whose bias entry is small are mostly noise: weigh "
+            "each row by how much of the input it carries (least squares).")
 
 
 # --- chapter 06 ---------------------------------------------------------------

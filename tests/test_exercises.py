@@ -320,6 +320,101 @@ REFERENCE.update({"ch06-ex-unroll": unroll, "ch06-ex-path-mean": interpolated_me
                   "ch06-ex-counts": counts_from_path})
 
 
+
+# --- chapter 10 -------------------------------------------------------------
+
+def predicted_rms_error(update, x, ratio):
+    d = sum(t.numel() for t in update)
+    norm = float(torch.sqrt(sum((t ** 2).sum() for t in update)))
+    sigma = ratio * norm / d ** 0.5
+    return (sigma * (x.numel() + float((x ** 2).sum())) ** 0.5
+            / float(update[1].abs().max()))
+
+
+def uniform_levels(t, bits, levels=None, floor=False):
+    """Each tensor on 2**bits evenly spaced levels from its min to its max."""
+    levels = 2 ** bits - 1 if levels is None else levels
+    lo, hi = t.min(), t.max()
+    if hi == lo:
+        return t.clone()
+    step = (hi - lo) / levels
+    k = (t - lo) / step
+    return lo + step * (torch.floor(k) if floor else torch.round(k))
+
+
+def smallest_bits(grad_weight, grad_bias, x, target, **how):
+    flat = x.flatten()
+    for bits in range(1, 33):
+        qw = uniform_levels(grad_weight, bits, **{k: v(bits) if callable(v) else v
+                                                  for k, v in how.items()})
+        qb = uniform_levels(grad_bias, bits, **{k: v(bits) if callable(v) else v
+                                                for k, v in how.items()})
+        est = lb.attacks.invert_fc(qw, qb).input
+        if float((est - flat).norm() / flat.norm()) < target:
+            return bits
+    return None
+
+
+def noisy_readout(grad_weight, grad_bias):
+    return (grad_bias[:, None] * grad_weight).sum(0) / (grad_bias ** 2).sum()
+
+
+def noisy_readout_lstsq(grad_weight, grad_bias):
+    """Another honest route: least squares by the library's solver."""
+    return torch.linalg.lstsq(grad_bias[:, None], grad_weight).solution[0]
+
+
+def best_row(grad_weight, grad_bias):
+    i = int(grad_bias.abs().argmax())
+    return grad_weight[i] / grad_bias[i]
+
+
+REFERENCE.update({"ch10-ex-noise-error": predicted_rms_error,
+                  "ch10-ex-bits": smallest_bits, "ch10-ex-denoise": noisy_readout})
+
+
+def test_other_honest_routes_pass_the_ch10_checks():
+    assert run("ch10-ex-denoise", noisy_readout_lstsq)[0]
+
+
+def test_the_public_ch10_cases_hit_the_traps():
+    """Seed 0 or 1 already rejects the mistakes the tasks warn about."""
+    traps = [
+        ("ch10-ex-bits", lambda *a: smallest_bits(*a, levels=lambda b: 2 ** b)),
+        ("ch10-ex-bits", lambda *a: smallest_bits(*a, floor=True)),
+        ("ch10-ex-denoise", best_row),
+        ("ch10-ex-noise-error", lambda u, x, r: predicted_rms_error(u[:2], x, r)),
+        ("ch10-ex-noise-error", lambda u, x, r: predicted_rms_error(u, x, r) * (
+            x.numel() / (x.numel() + float((x ** 2).sum()))) ** 0.5),
+    ]
+    for label, fn in traps:
+        check = E.ANSWER_CHECKS[label]
+        assert any(check.run(E._Answer(fn, ()), seed) for seed in (0, 1)), label
+
+
+def test_ch10_feedback_shows_no_numbers():
+    wrong = [("ch10-ex-noise-error", lambda u, x, r: 1.2 * predicted_rms_error(u, x, r)),
+             ("ch10-ex-noise-error", lambda u, x, r: predicted_rms_error(u, x, r) ** 2),
+             ("ch10-ex-bits", lambda *a: smallest_bits(*a) + 1),
+             ("ch10-ex-bits", lambda *a: smallest_bits(*a) - 1),
+             ("ch10-ex-denoise", best_row),
+             ("ch10-ex-denoise", lambda gw, gb: 1.5 * noisy_readout(gw, gb))]
+    for label, fn in wrong:
+        ok, text = run(label, fn)
+        assert not ok and not any(ch.isdigit() for ch in text), text
+
+
+def test_ch10_numpy_and_torch_answers_are_accepted():
+    for wrap in (np.float64, np.float32, torch.tensor, lambda v: np.array([v])):
+        assert run("ch10-ex-noise-error", lambda *a, w=wrap: w(predicted_rms_error(*a)),
+                   hidden=False)[0], wrap
+    for wrap in (np.int64, np.int32, torch.tensor, float):
+        assert run("ch10-ex-bits", lambda *a, w=wrap: w(smallest_bits(*a)),
+                   hidden=False)[0], wrap
+    assert run("ch10-ex-denoise", lambda *a: noisy_readout(*a).numpy(), hidden=False)[0]
+    assert run("ch10-ex-denoise", lambda *a: noisy_readout(*a)[None], hidden=False)[0]
+
+
 def test_other_honest_routes_pass_the_ch09_checks():
     assert run("ch09-ex-sigmoid", third_coefficient_gauss_hermite)[0]
     for per_width in (False, True):
@@ -698,6 +793,61 @@ def test_ch06_feedback_shows_no_numbers():
         assert not ok and not any(ch.isdigit() for ch in text), text
 
 
+# chapter 10
+
+def noise_error_by_sampling(update, x, ratio):
+    """Measures with the package's noise instead of predicting."""
+    d = sum(t.numel() for t in update)
+    sigma = ratio * float(torch.sqrt(sum((t ** 2).sum() for t in update))) / d ** 0.5
+    i = int(update[1].abs().argmax())
+    sq = [float(((h[0][i] / h[1][i] - x.flatten()) ** 2).sum())
+          for h in (lb.defenses.gaussian_noise(update, sigma, seed=s)
+                    for s in range(200))]
+    return float(np.sqrt(np.mean(sq)))
+
+
+def sigma_from_ratio(update, x, ratio):
+    return (ratio * (x.numel() + float((x ** 2).sum())) ** 0.5
+            / float(update[1].abs().max()))
+
+
+CHEATS += [
+    ("ch10-ex-noise-error", lambda u, x, r: predicted_rms_error(u, x, r) ** 2,
+     "mean squared"),
+    ("ch10-ex-noise-error", lambda u, x, r: predicted_rms_error(u, x, r) * float(
+        u[1].abs().max() / u[1].norm()), "combination of all rows"),
+    ("ch10-ex-noise-error", lambda u, x, r: predicted_rms_error(u[:2], x, r),
+     "whole update"),
+    ("ch10-ex-noise-error", lambda u, x, r: predicted_rms_error(u, x, r) * (
+        x.numel() / (x.numel() + float((x ** 2).sum()))) ** 0.5, "bias entry"),
+    ("ch10-ex-noise-error", sigma_from_ratio, "standard deviation"),
+    ("ch10-ex-noise-error", noise_error_by_sampling, "gaussian_noise"),
+    ("ch10-ex-noise-error", lambda u, x, r: float(np.sqrt(np.mean([float((
+        (h[0][0] / h[1][0] - x.flatten()) ** 2).sum()) for h in (
+            lb.defenses.relative_noise(u, r, seed=s) for s in range(3))]))),
+     "relative_noise"),
+    ("ch10-ex-noise-error", lambda u, x, r: "small", "positive number"),
+    ("ch10-ex-bits", lambda gw, gb, x, t: next(
+        b for b in range(1, 33) if float((lb.attacks.invert_fc(
+            *lb.defenses.quantize([gw, gb], b)).input - x.flatten()).norm()
+            / x.norm()) < t), "defenses.quantize"),
+    ("ch10-ex-bits", lambda *a: smallest_bits(*a, levels=lambda b: 2 ** b),
+     "Not the smallest"),
+    ("ch10-ex-bits", lambda *a: smallest_bits(*a, floor=True), "Not the smallest"),
+    ("ch10-ex-bits", lambda *a: smallest_bits(*a) + 0.5, "whole number"),
+    ("ch10-ex-bits", lambda *a: 4, "Not the smallest"),
+    ("ch10-ex-denoise", lambda gw, gb: lb.attacks.invert_fc(gw, gb).input,
+     "invert_fc"),
+    ("ch10-ex-denoise", lambda gw, gb: lb.attacks.analytic.solve_fc_inputs(
+        gw, gb[None]).inputs[0], "solve_fc_inputs"),
+    ("ch10-ex-denoise", best_row, "You read one row"),
+    ("ch10-ex-denoise", lambda gw, gb: (gw / gb[:, None]).mean(0),
+     "further from the input"),
+    ("ch10-ex-denoise", lambda gw, gb: gw.sum(0) / gb.sum(), "further from the input"),
+    ("ch10-ex-denoise", lambda gw, gb: noisy_readout(gw, gb)[:-1], "shape"),
+]
+
+
 @pytest.mark.parametrize("label,fn,says", CHEATS,
                          ids=[f"{c[0]}-{i}" for i, c in enumerate(CHEATS)])
 def test_cheats_and_near_misses_fail(label, fn, says):
@@ -771,4 +921,5 @@ def test_the_guard_restores_the_package_after_a_forbidden_call():
     gw = torch.randn(4, 3, dtype=torch.float64)
     gb = torch.tensor([1.0, 2.0, 0.5, 1.5], dtype=torch.float64)
     assert lb.attacks.invert_fc(gw * gb[:, None], gb).ratios.shape == (4, 3)
+
 
