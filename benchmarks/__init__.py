@@ -19,4 +19,5 @@ REGISTRY = {
     "labels": "labels_bench.json",
     "defenses": "defenses_bench.json",
     "linear_systems": "linear_systems_bench.json",
+    "security": "security_bench.json",
 }

@@ -2,7 +2,8 @@
 
     python -m benchmarks.security  # -> chapters/data/security_bench.json
 
-About 30 min of CPU at one thread (more wall time on a loaded machine).
+About 15 min of CPU at one thread for the audits chapter 08 reads; with
+``--attacks`` (the attacks of part 2 below on every model) several hours.
 
 1. Run time of ``leakbook.security.audit`` at 16x16 input for CNN6, CNN6-d,
    DLG's LeNet and Chen & Campbell's cnn4_c2 (one thread; the 32x32 audits
@@ -290,24 +291,25 @@ def cheap() -> dict:
 
 
 def main(argv=None) -> None:
-    """``--audits``: the zoo's audits, blind-pixel caps and baselines only, no
-    attacks (about 15 min at one thread; what chapter 08 reads). Without it,
+    """By default the zoo's audits, blind-pixel caps and baselines, no attacks
+    (about 15 min at one thread; what chapter 08 reads). ``--attacks`` runs
     every attack on every model too (hours on a shared machine)."""
     import argparse
     parser = argparse.ArgumentParser(prog="python -m benchmarks.security")
-    parser.add_argument("--audits", action="store_true",
-                        help="audit the zoo without running the attacks")
+    parser.add_argument("--attacks", action="store_true",
+                        help="also run every attack on every zoo model (hours)")
     args = parser.parse_args(argv)
     lb.seed_everything(0, threads=1)
     record = provenance(command_line())
     started = time.time()
-    budgets = {"attacks": "not run (--audits); chapter 07's benchmark attacks the "
-                          "models the chapters discuss"} if args.audits else BUDGETS
+    budgets = BUDGETS if args.attacks else {
+        "attacks": "not run (without --attacks); chapter 07's benchmark attacks "
+                   "the models the chapters discuss"}
     payload = dict(audit_seed=0, audit_rtol=1e-6, budgets=budgets,
                    images={"split": "test", "indices": list(IMAGES),
                            "names": [lb.data.EVALUATION_NAMES[i] for i in IMAGES]},
                    timing=timing())
-    payload["zoo"] = [zoo_row(entry, only=() if args.audits else None)
+    payload["zoo"] = [zoo_row(entry, only=None if args.attacks else ())
                       for entry in zoo()]
     payload["total_seconds"] = round(time.time() - started, 1)
     payload["load_average"] = [round(v, 2) for v in os.getloadavg()]
