@@ -1026,99 +1026,306 @@ def _ch05_cosine(answer, seed: int):
 
 # chapter 07 (linear systems, R-GAP, COPA)
 
-@register("ch07-ex-rank")
-def _ch07_rank(answer) -> bool:
-    """Rank of [K; A], Conv2d(3, 4, 3, stride 2) on 3x11x11: rows minus O^2."""
+
+def _conv_layer(seed: int, in_ch: int, out_ch: int, kernel: int, stride: int):
+    """A float64 bias-free Conv2d with weights drawn from seed."""
     from torch import nn
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return nn.Conv2d(in_ch, out_ch, kernel, stride, bias=False).double()
+
+
+def _system_rank(seed: int, in_ch, out_ch, kernel, stride, size) -> int:
+    """Numerical rank of [K(delta); A] of a random conv layer, random delta."""
     from .attacks import linear_systems as ls
-    layer = nn.Conv2d(3, 4, kernel_size=3, stride=2).double()
-    gen = torch.Generator().manual_seed(0)
-    delta = torch.randn(4, 5, 5, dtype=torch.float64, generator=gen)
-    system = torch.cat([ls.conv_gradient_matrix(layer, (3, 11, 11), delta),
-                        ls.conv_matrix(layer, (3, 11, 11))])
-    expected = int(torch.linalg.matrix_rank(system))
-    try:
-        ok = int(answer) == expected
-    except (TypeError, ValueError):
-        return verdict(False, "Give the rank as an integer.")
-    return verdict(ok, "Count the rows of both blocks, then subtract one per pair of "
-                       "filters.")
+    layer = _conv_layer(seed, in_ch, out_ch, kernel, stride)
+    shape = (in_ch, size, size)
+    gen = torch.Generator().manual_seed(seed + 1)
+    delta = torch.randn(ls.output_shape(layer, shape), dtype=F64, generator=gen)
+    system = torch.cat([ls.conv_gradient_matrix(layer, shape, delta),
+                        ls.conv_matrix(layer, shape)])
+    return int(torch.linalg.matrix_rank(system))
 
 
-@register("ch07-ex-margin")
-def _ch07_margin(answer) -> bool:
-    """The margin mu with -mu / (1 + e^mu) = 0.2."""
+def _plain_rows(in_ch, out_ch, kernel, stride, size) -> tuple[int, int, int, int]:
+    """(n_x, n_w, n_z, L) of a conv layer without padding."""
+    side = (size - kernel) // stride + 1
+    return (in_ch * size * size, out_ch * in_ch * kernel * kernel,
+            out_ch * side * side, side * side)
+
+
+def _ch07_count(in_ch, out_ch, kernel, stride, size) -> int:
+    """Chapter 07's count: rows of both blocks minus the O min(O, L) dependencies."""
+    n_x, n_w, n_z, n_pos = _plain_rows(in_ch, out_ch, kernel, stride, size)
+    return min(n_x, n_w + n_z - out_ch * min(out_ch, n_pos))
+
+
+def _ch07_layer_case(seed: int) -> tuple[int, int, int, int, int]:
+    """(in_ch, out_ch, kernel, stride, size) whose rank chapter 07's count predicts."""
+    from torch import nn
+
+    from . import security
+    if seed == 0:
+        return 3, 4, 3, 2, 11                         # the chapter's layer
+    pick = random.Random(seed)
+    while True:
+        case = (pick.randint(1, 3), pick.randint(2, 5), pick.randint(2, 4),
+                pick.randint(1, 2), pick.randint(6, 12))
+        in_ch, out_ch, kernel, stride, size = case
+        n_x, n_w, n_z, _ = _plain_rows(*case)
+        if (size - kernel) % stride or n_w + n_z <= out_ch ** 2:
+            continue
+        # seed 1: the cap by the unknowns binds; the others: it does not
+        if (seed == 1) != (n_w + n_z - out_ch ** 2 > n_x):
+            continue
+        conv = nn.Conv2d(in_ch, out_ch, kernel, stride, bias=False)
+        if security.rank_bound(conv, (in_ch, size, size)) == _ch07_count(*case):
+            return case
+
+
+@answer_check("ch07-ex-rank", forbid=("leakbook.attacks.linear_systems.conv_matrix",
+                                      "leakbook.attacks.linear_systems."
+                                      "conv_gradient_matrix",
+                                      "leakbook.security.rank_bound",
+                                      "leakbook.security.audit"))
+def _ch07_rank(answer, seed: int):
+    """conv_system_rank(in_channels, out_channels, kernel, stride, size) -> int."""
+    case = _ch07_layer_case(seed)
+    expected = _system_rank(seed, *case)
+    got = as_int(answer(*case))
+    if got is None:
+        return "Return the rank as one whole number."
+    if got == expected:
+        return None
+    n_x, n_w, n_z, _ = _plain_rows(*case)
+    if got == min(n_x, n_w + n_z):
+        return ("You count rows, but some rows of the two blocks depend on each "
+                "other: which inner products does every pair of filters share?")
+    if got > n_x:
+        return "A rank cannot exceed the number of unknowns."
+    return ("Not the rank of that layer's system. Count the rows of each block "
+            "for these sizes again, then the dependencies.")
+
+
+@answer_check("ch07-ex-margin", forbid=("leakbook.attacks.recursive.solve_margin",
+                                        "scipy.optimize.brentq",
+                                        "scipy.optimize.bisect",
+                                        "scipy.optimize.newton",
+                                        "scipy.optimize.root_scalar"))
+def _ch07_margin(answer, seed: int):
+    """margin(value) -> mu, the margin behind a positive <grad w, w> = value."""
     from .attacks.recursive import solve_margin
-    return close(answer, solve_margin(0.2), rtol=1e-6, atol=1e-8,
-                 hint="A positive <grad, w> means mu < 0; solve -mu/(1+e^mu) = 0.2.")
+    pick = random.Random(seed)
+    value = {0: 0.2, 1: 7.5}.get(seed, 10 ** pick.uniform(-3, 1.3))
+    expected = solve_margin(value)
+    got = as_float(answer(value))
+    if got is None or not math.isfinite(got):
+        return "Return the margin as one finite real number."
+    if abs(got - expected) <= 1e-6 * abs(expected) + 1e-9:
+        return None
+    if got >= 0:
+        return ("Look at the sign: which sign of the margin makes the left-hand "
+                "side of the head's equation positive?")
+    return ("Not the margin of that value, to six digits: check your equation "
+            "and iterate your solver to convergence.")
 
 
-@register("ch07-ex-invisible")
-def _ch07_invisible(answer) -> bool:
-    """Mask (3, 32, 32) of the input pixels of cnn3_c1 that reach no gradient."""
+def _conv_stack(seed: int, convs: tuple[int, int], padding: bool):
+    """(model, input_shape): a random stack of Conv2d + Tanh, Flatten, Linear."""
+    from torch import nn
+    pick = random.Random(seed)
+    while True:
+        size = pick.randint(6, 12)
+        shape = (pick.randint(1, 3), size, size)
+        layers, c, h, ok = [], shape[0], size, True
+        for _ in range(pick.randint(*convs)):
+            o, k, s = pick.randint(1, 3), pick.randint(2, 3), pick.randint(1, 2)
+            p = pick.randint(0, 1) if padding else 0
+            h_out = (h + 2 * p - k) // s + 1
+            if h_out < 1:
+                ok = False
+                break
+            layers += [nn.Conv2d(c, o, k, s, p), nn.Tanh()]
+            c, h = o, h_out
+        if ok:
+            layers += [nn.Flatten(), nn.Linear(c * h * h, pick.randint(1, 4))]
+            with torch.random.fork_rng():
+                torch.manual_seed(seed)
+                return nn.Sequential(*layers), shape
+
+
+def _shallow_guess(model, shape) -> torch.Tensor:
+    """What a learner who looks at the first layer only would return."""
     from .attacks import linear_systems as ls
+    return ls.unread_pixels(model[0], shape)
+
+
+def _invisible_case(seed: int, convs, padding):
+    """A random conv stack whose blind spot a first-layer-only mask misses."""
+    from . import security
+    for attempt in range(200):
+        model, shape = _conv_stack(seed * 211 + attempt, convs, padding)
+        mask = security.blind_spot(model, shape)
+        if mask.any() and not torch.equal(mask, _shallow_guess(model, shape)):
+            return model, shape, mask
+    raise RuntimeError("no conv stack with a deep blind spot")     # pragma: no cover
+
+
+def _mask_verdict(answer, model, shape, expected, copy_of):
+    got = as_mask(answer(copy_of(model), shape))
+    if got is None or got.shape != expected.shape:
+        return ("Return a boolean mask with the shape of one input, (C, H, W): "
+                "True where no gradient depends on the pixel.")
+    if torch.equal(got, expected):
+        return None
+    return ("Not the mask of that model. Follow which positions each layer's "
+            "output reads, from the top of the network down to the input.")
+
+
+@answer_check("ch07-ex-invisible", forbid=("leakbook.security.blind_spot",
+                                           "leakbook.attacks.linear_systems."
+                                           "unread_pixels"))
+def _ch07_invisible(answer, seed: int):
+    """invisible_pixels(model, input_shape) -> bool mask (C, H, W)."""
+    import copy
+
+    from . import security
     from .models import build
-    net = build("cnn3_c1")
-    mid = ls.unread_pixels(net[2], (6, 30, 30))[0].flatten()
-    taps = ls.patch_indices(net[0], (3, 32, 32))
-    seen = torch.zeros(3 * 32 * 32, dtype=torch.bool)
-    seen[taps[:, ~mid].flatten()] = True
-    expected = ~seen.reshape(3, 32, 32)
-    answer = torch.as_tensor(answer)
-    if answer.shape != expected.shape:
-        return verdict(False, f"Expected a mask of shape {tuple(expected.shape)}.")
-    return verdict(bool(torch.equal(answer.bool(), expected)),
-                   "A pixel is visible if some first-layer output that reads it is "
-                   "read by the second layer.")
+    if seed == 0:                                     # the chapter's model
+        model, shape = build("cnn3_c1"), (3, 32, 32)
+        expected = security.blind_spot(model, shape)
+    else:
+        model, shape, expected = _invisible_case(seed, (2, 2), padding=False)
+    return _mask_verdict(answer, model, shape, expected, copy.deepcopy)
 
 
+# chapter 08 (how secure is an architecture?)
 
-@register("ch08-ex-rank")
-def _ch08_rank(answer, in_channels=3, out_channels=2, kernel=3, stride=1,
-               size=7) -> bool:
-    """The rank of a conv layer's system [K; A] (chapter 08)."""
+_COUNTING = ("leakbook.security.rank_bound", "leakbook.security.audit",
+             "leakbook.attacks.linear_systems.conv_matrix",
+             "leakbook.attacks.linear_systems.conv_gradient_matrix")
+
+
+def _ch08_layer_case(seed: int) -> tuple[int, int, int, int, int]:
+    """(in_ch, out_ch, kernel, stride, size) whose rank the structural count gives;
+    seed 1 and most others are layers where chapter 07's count is wrong."""
     from torch import nn
 
     from . import security
-    if not isinstance(answer, int):
-        return verdict(False, f"Give the rank as an int, got {type(answer).__name__}.")
-    conv = nn.Conv2d(in_channels, out_channels, kernel, stride)
-    rank = security.audit(nn.Sequential(conv), (in_channels, size, size)).layers[0].rank
-    return verdict(answer == rank, "Count gradient rows and forward rows, then "
-                   "subtract the directions identity B puts in both: O * min(O, L).")
+    if seed == 0:
+        return 3, 2, 3, 1, 7                          # the chapter's layer
+    pick = random.Random(seed)
+    while True:
+        case = (pick.randint(1, 3), pick.randint(2, 9), pick.randint(2, 4),
+                pick.randint(2, 3), pick.randint(6, 11))
+        in_ch, out_ch, kernel, stride, size = case
+        if (size - kernel) // stride < 1:
+            continue
+        conv = nn.Conv2d(in_ch, out_ch, kernel, stride, bias=False)
+        bound = security.rank_bound(conv, (in_ch, size, size))
+        if bound == _ch07_count(*case) and (seed == 1 or pick.random() < 0.7):
+            continue
+        if bound == _system_rank(seed, *case):
+            return case
 
 
-@register("ch08-ex-blind")
-def _ch08_blind(answer, model=None, input_shape=None) -> bool:
-    """The blind-spot mask of a model (chapter 08)."""
-    from . import security
-    mask = security.blind_spot(model, input_shape)
-    a = torch.as_tensor(answer)
-    if a.shape != mask.shape:
-        return verdict(False, f"Expected a mask of shape {tuple(mask.shape)}, "
-                       f"got {tuple(a.shape)}.")
-    wrong = int((a.bool() != mask).sum())
-    return verdict(wrong == 0, f"{wrong} entries differ. Follow which output positions "
-                   "the layer above reads, from the top down.")
+@answer_check("ch08-ex-rank", forbid=_COUNTING)
+def _ch08_rank(answer, seed: int):
+    """rank_with_dependencies(in_channels, out_channels, kernel, stride, size)."""
+    case = _ch08_layer_case(seed)
+    expected = _system_rank(seed, *case)
+    got = as_int(answer(*case))
+    if got is None:
+        return "Return the rank as one whole number."
+    if got == expected:
+        return None
+    if got == _ch07_count(*case):
+        return ("That is chapter 7's count, which holds for this layer's rows only "
+                "if every tap reads the whole input: look at what a stride does "
+                "to the pixels one tap reads, and at the pixels no tap reads.")
+    return ("Not the rank of that layer's system. Count, for each group of taps "
+            "and the pixels they read, how many independent rows it can give.")
 
 
-@register("ch08-ex-safer")
-def _ch08_safer(answer, size=16) -> bool:
-    """Widest second conv of cnn3_c1 that still leaves its layer rank-deficient."""
+def _ch08_safer_case(seed: int) -> tuple[int, int, int, int]:
+    """(in_ch, size, kernel, stride) of a conv whose every input pixel is read."""
+    if seed == 0:
+        return 6, 14, 4, 2                            # cnn3_c1's second conv at 16
+    if seed == 1:
+        return 1, 7, 4, 3                             # strided: polyphase groups
+    pick = random.Random(seed)
+    while True:
+        case = (pick.randint(1, 6), pick.randint(6, 16), pick.randint(2, 5),
+                pick.randint(1, 3))
+        in_ch, size, kernel, stride = case
+        if size > kernel and (size - kernel) % stride == 0:
+            return case
+
+
+def _widest_deficient(in_ch, size, kernel, stride) -> int:
+    """The widest O whose layer still has rank < n_x (structural rank)."""
     from torch import nn
 
     from . import security
-    if not isinstance(answer, int) or answer < 1:
-        return verdict(False, "Give a positive int: the number of output channels.")
-    n_in = (size - 2)
+    shape = (in_ch, size, size)
+    n_x = in_ch * size * size
+    widest = 0
+    full_from = None                     # first width of full rank after a deficit
+    for o in range(1, n_x + 2):
+        conv = nn.Conv2d(in_ch, o, kernel, stride, bias=False)
+        if security.rank_bound(conv, shape) < n_x:
+            widest, full_from = o, None
+        elif full_from is None:
+            full_from = o
+        elif o >= 2 * full_from + 8:
+            break
+    return widest
 
-    def deficient(o):
-        conv = nn.Conv2d(6, o, 4, 2)
-        return security.rank_bound(conv, (6, n_in, n_in)) < 6 * n_in * n_in
 
-    ok = deficient(answer) and not deficient(answer + 1)
-    return verdict(ok, "Audit the two-layer net for each width and watch the "
-                   "deficiency of the second conv reach 0.")
+@answer_check("ch08-ex-safer", forbid=_COUNTING)
+def _ch08_safer(answer, seed: int):
+    """widest_deficient(in_channels, size, kernel, stride) -> int."""
+    case = _ch08_safer_case(seed)
+    expected = _widest_deficient(*case)
+    got = as_int(answer(*case))
+    if got is None:
+        return "Return the number of output channels, one whole number."
+    if got == expected:
+        return None
+    in_ch, size, kernel, stride = case
+    side = (size - kernel) // stride + 1
+    plain = next(o for o in range(1, 10 ** 5)
+                 if o * in_ch * kernel ** 2 + o * side ** 2 >= in_ch * size ** 2) - 1
+    if got == plain:
+        return ("That is where the rows, counted plainly, reach the unknowns. "
+                "Rows are not all independent: count the rank of each width, "
+                "with every dependency of this chapter.")
+    return ("Not the widest deficient layer for that setting. Compare your rank "
+            "with the number of unknowns for each width, and check beyond the "
+            "first width that reaches it.")
+
+
+@answer_check("ch08-ex-blind", forbid=("leakbook.security.blind_spot",
+                                       "leakbook.attacks.linear_systems."
+                                       "unread_pixels"))
+def _ch08_blind(answer, seed: int):
+    """blind_pixels(model, input_shape) -> bool mask (C, H, W)."""
+    import copy
+
+    from torch import nn
+
+    from . import security
+    if seed == 0:                                     # the chapter's model
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            model = nn.Sequential(nn.Conv2d(1, 2, 3, stride=2), nn.Tanh(),
+                                  nn.Conv2d(2, 2, 2, stride=2), nn.Tanh(),
+                                  nn.Flatten(), nn.Linear(8, 1))
+        shape = (1, 11, 11)
+        expected = security.blind_spot(model, shape)
+    else:
+        model, shape, expected = _invisible_case(seed, (2, 4), padding=True)
+    return _mask_verdict(answer, model, shape, expected, copy.deepcopy)
 
 
 # --- chapter 09 -------------------------------------------------------------

@@ -3,6 +3,7 @@ and the feedback never shows the expected value."""
 import copy
 import io
 import itertools
+import math
 from contextlib import redirect_stdout
 
 import numpy as np
@@ -516,6 +517,137 @@ def test_the_rank_cases_have_a_clear_gap():
             assert check.run(E._Answer(rank_at(tol), ()), seed) is None, (seed, tol)
 
 
+
+# chapters 07-08
+
+
+def conv_system_rank(in_channels, out_channels, kernel, stride, size):
+    n_x = in_channels * size * size
+    side = (size - kernel) // stride + 1
+    rows = out_channels * in_channels * kernel ** 2 + out_channels * side ** 2
+    return min(n_x, rows - out_channels * min(out_channels, side ** 2))
+
+
+def margin(value):
+    def g(m):
+        return -m / (1 + math.exp(m))
+    lo, hi = -1.0, 0.0
+    while g(lo) < value:
+        lo *= 2
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if g(mid) > value else (lo, mid)
+    return (lo + hi) / 2
+
+
+def margin_by_newton(value):
+    mu = -value - 1.0
+    for _ in range(100):
+        e = math.exp(mu)
+        g, dg = -mu / (1 + e) - value, -(1 + e * (1 - mu)) / (1 + e) ** 2
+        mu -= g / dg
+    return mu
+
+
+def invisible_pixels(model, input_shape):
+    ls = lb.attacks.linear_systems
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    shapes = [tuple(input_shape)]
+    for conv in convs:
+        shapes.append(ls.output_shape(conv, shapes[-1]))
+    live = torch.ones(shapes[-1], dtype=torch.bool)
+    for conv, shape in zip(reversed(convs), reversed(shapes[:-1])):
+        idx = ls.patch_indices(conv, shape)
+        taps = idx[:, live.any(0).flatten()]
+        seen = torch.zeros(math.prod(shape), dtype=torch.bool)
+        seen[taps[taps >= 0]] = True
+        live = seen.reshape(shape)
+    return ~live
+
+
+def rank_with_dependencies(in_channels, out_channels, kernel, stride, size):
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    shape = (in_channels, size, size)
+    conv = torch.nn.Conv2d(in_channels, out_channels, kernel, stride, bias=False)
+    idx = lb.attacks.linear_systems.patch_indices(conv, shape)
+    m, n_pos = idx.shape
+    n_x, o = math.prod(shape), out_channels
+    tap, pos = torch.nonzero(idx >= 0, as_tuple=True)
+    edges = coo_matrix((np.ones(len(tap)), (tap.numpy(), m + idx[tap, pos].numpy())),
+                       shape=(m + n_x, m + n_x))
+    _, group = connected_components(edges, directed=False)
+    taps = np.bincount(group[:m], minlength=group.max() + 1)
+    pixels = np.bincount(group[m:], minlength=group.max() + 1)
+    read = int(pixels[taps > 0].sum())
+    r_k = int(np.minimum(o * taps, pixels).sum())
+    r_a = min(read, n_pos * min(o, m))
+    return min(read, r_k + r_a - min(o * min(o, n_pos), r_k, r_a))
+
+
+def widest_by(rank):
+    def widest_deficient(in_channels, size, kernel, stride):
+        n_x = in_channels * size * size
+        widest, width, full_run = 0, 0, 0
+        while full_run < 20:
+            width += 1
+            if rank(in_channels, width, kernel, stride, size) < n_x:
+                widest, full_run = width, 0
+            else:
+                full_run += 1
+        return widest
+    return widest_deficient
+
+
+widest_deficient = widest_by(rank_with_dependencies)
+
+REFERENCE.update({"ch07-ex-rank": conv_system_rank, "ch07-ex-margin": margin,
+                  "ch07-ex-invisible": invisible_pixels,
+                  "ch08-ex-rank": rank_with_dependencies,
+                  "ch08-ex-blind": invisible_pixels,
+                  "ch08-ex-safer": widest_deficient})
+
+
+def test_other_honest_routes_pass_the_ch07_ch08_checks():
+    assert run("ch07-ex-margin", margin_by_newton)[0]
+    assert run("ch07-ex-rank", lambda *a: np.int64(conv_system_rank(*a)))[0]
+    assert run("ch08-ex-rank", lambda *a: torch.tensor(rank_with_dependencies(*a)))[0]
+    assert run("ch08-ex-blind", lambda m, s: invisible_pixels(m, s).int().numpy())[0]
+    assert run("ch07-ex-invisible", lambda m, s: invisible_pixels(m, s).tolist())[0]
+
+
+def test_the_ch07_ch08_cases_hold_their_traps():
+    """Chapter 07's count fails a public ch08 case; a first-layer-only mask fails
+    a public mask case; the chapter-07 count passes every ch07 case and the
+    structural count agrees with the numerical rank on the ch08 cases."""
+    ls = lb.attacks.linear_systems
+    for label in ("ch07-ex-invisible", "ch08-ex-blind"):
+        ok, _ = run(label, lambda m, s: ls.unread_pixels(m[0], s).clone(), hidden=False)
+        assert not ok
+    check = E.ANSWER_CHECKS["ch08-ex-rank"]
+    assert check.run(E._Answer(conv_system_rank, ()), 1) is not None
+    assert E.ANSWER_CHECKS["ch08-ex-safer"].run(
+        E._Answer(widest_by(conv_system_rank), ()), 1) is not None
+    for seed in [0, 1, *E.hidden_seeds("ch08-ex-rank", 12, "probe")]:
+        case = E._ch08_layer_case(seed)
+        assert rank_with_dependencies(*case) == E._system_rank(seed, *case), case
+    for seed in [0, 1, *E.hidden_seeds("ch07-ex-rank", 12, "probe")]:
+        case = E._ch07_layer_case(seed)
+        assert conv_system_rank(*case) == E._system_rank(seed, *case), case
+
+
+def test_ch07_ch08_feedback_shows_no_numbers():
+    wrong = [("ch07-ex-rank", lambda *a: conv_system_rank(*a) - 1),
+             ("ch07-ex-margin", lambda v: 1.01 * margin(v)),
+             ("ch07-ex-invisible", lambda m, s: ~invisible_pixels(m, s)),
+             ("ch08-ex-rank", lambda *a: rank_with_dependencies(*a) + 1),
+             ("ch08-ex-blind", lambda m, s: ~invisible_pixels(m, s)),
+             ("ch08-ex-safer", lambda *a: widest_deficient(*a) + 1)]
+    for label, fn in wrong:
+        ok, text = run(label, fn)
+        assert not ok and not any(ch.isdigit() for ch in text), text
+
+
 # --- answers that must fail -------------------------------------------------
 
 cu = lb.fl.client_update
@@ -781,6 +913,52 @@ CHEATS += [
     ("ch05-ex-cosine", lambda g, t: 1 - sum((a * b).sum() for a, b in zip(g, t))
      / (sum((a * a).sum() for a in g) * sum((b * b).sum() for b in t)),
      "Not the cosine distance"),
+]
+
+
+
+rbd = lb.security.rank_bound
+solve_mu = lb.attacks.recursive.solve_margin
+
+
+def margin_by_brentq(value):
+    from scipy.optimize import brentq
+    return brentq(lambda m: -m / (1 + math.exp(m)) - value, -100.0, 0.0)
+
+
+CHEATS += [
+    ("ch07-ex-rank", lambda i, o, k, s, n: min(i * n * n, o * i * k * k
+                                               + o * ((n - k) // s + 1) ** 2),
+     "depend on each other"),
+    ("ch07-ex-rank", lambda *a: rbd(torch.nn.Conv2d(*a[:4]), (a[0], a[4], a[4])),
+     "rank_bound"),
+    ("ch07-ex-rank", lambda *a: 192, "Not yet"),
+    ("ch07-ex-rank", lambda *a: conv_system_rank(*a) + 0.5, "whole number"),
+    ("ch07-ex-margin", lambda v: solve_mu(v), "solve_margin"),
+    ("ch07-ex-margin", margin_by_brentq, "scipy.optimize.brentq"),
+    ("ch07-ex-margin", lambda v: -margin(v), "sign"),
+    ("ch07-ex-margin", lambda v: 1.001 * margin(v), "six digits"),
+    ("ch07-ex-invisible", lambda m, s: lb.security.blind_spot(m, s), "blind_spot"),
+    ("ch07-ex-invisible", lambda m, s: torch.zeros(s, dtype=torch.bool),
+     "Not the mask"),
+    ("ch07-ex-invisible", lambda m, s: invisible_pixels(m, s)[0], "shape"),
+    ("ch08-ex-rank", conv_system_rank, "chapter 7's count"),
+    ("ch08-ex-rank", lambda *a: rbd(torch.nn.Conv2d(*a[:4]), (a[0], a[4], a[4])),
+     "rank_bound"),
+    ("ch08-ex-rank", lambda *a: lb.security.audit(torch.nn.Sequential(
+        torch.nn.Conv2d(*a[:4])), (a[0], a[4], a[4])).layers[0].rank, "audit"),
+    ("ch08-ex-rank", lambda *a: 100, "Not the rank"),
+    ("ch08-ex-blind", lambda m, s: lb.security.blind_spot(m, s).numpy(), "blind_spot"),
+    ("ch08-ex-blind", lambda m, s: lb.attacks.linear_systems.unread_pixels(m[0], s),
+     "unread_pixels"),
+    ("ch08-ex-blind", lambda m, s: torch.zeros(s), "Not the mask"),
+    ("ch08-ex-safer", lambda *a: 9, "Not yet"),
+    ("ch08-ex-safer", widest_by(lambda i, o, k, s, n: min(
+        i * n * n, o * i * k * k + o * ((n - k) // s + 1) ** 2)), "counted plainly"),
+    ("ch08-ex-safer", widest_by(conv_system_rank), "every dependency"),
+    ("ch08-ex-safer", lambda *a: widest_deficient(*a) + 1, "Not the widest"),
+    ("ch08-ex-safer", widest_by(lambda i, o, k, s, n: rbd(
+        torch.nn.Conv2d(i, o, k, s), (i, n, n))), "rank_bound"),
 ]
 
 
