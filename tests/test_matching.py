@@ -29,7 +29,7 @@ def test_idlg_with_defaults_converges_past_40db(case):
 
 def test_dlg_stops_at_its_budget_or_cap(case):
     model, x, y, g = case
-    rec = dlg(model, g, tuple(x.shape), labels=y, max_time=0.3)
+    rec = dlg(model, g, tuple(x.shape), labels=y, max_time=1e-6)  # any run outlasts it
     assert rec.stats["status"] == "time"
     assert rec.stats["relative_distance"] > matching.DLG_DEFAULTS["rel_tol"]
     rec = dlg(model, g, tuple(x.shape), labels=y, max_iter=12, max_time=None)

@@ -30,7 +30,8 @@ from torch.func import functional_call
 from ..checks import check_grads
 from ..fl import loss_fn
 from ..optim import lbfgs
-from .matching import REGULARIZERS, cosine_distance, l2_distance
+from .matching import (REGULARIZERS, _check_labels, _check_shape, cosine_distance,
+                       l2_distance)
 from .result import Reconstruction
 
 DISTANCES = ("l2", "cosine")
@@ -117,46 +118,6 @@ def _simulate_gradient(model: nn.Module, x, y, loss) -> list[torch.Tensor]:
     out = functional_call(model, (params, _buffers(model)), (x,))
     value = loss_fn(loss)(out, y)
     return list(torch.autograd.grad(value, list(params.values()), create_graph=True))
-
-
-# --- input checks -------------------------------------------------------------
-
-def _check_shape(model: nn.Module, shape, dtype) -> tuple[int, ...]:
-    """Check shape = (B, C, H, W) and that the model maps it to (B, classes)."""
-    if not isinstance(shape, (tuple, list, torch.Size)) or len(shape) != 4:
-        raise ValueError(f"shape must be (B, C, H, W), got {shape!r}")
-    if not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 1
-               for s in shape):
-        raise ValueError(f"shape must hold positive integers, got {tuple(shape)}")
-    shape = tuple(int(s) for s in shape)
-    probe = copy.deepcopy(model).to(dtype).eval()
-    try:
-        with torch.no_grad():
-            out = probe(torch.zeros(shape, dtype=dtype))
-    except RuntimeError as err:
-        raise ValueError(f"the model does not accept inputs of shape {shape}: "
-                         f"{str(err).splitlines()[0]}") from None
-    if out.dim() != 2 or out.shape[0] != shape[0]:
-        raise ValueError(f"the model maps shape {shape} to logits of shape "
-                         f"{tuple(out.shape)}, expected ({shape[0]}, classes)")
-    return shape
-
-
-def _check_labels(labels, batch: int, num_classes: int) -> torch.Tensor:
-    if not isinstance(labels, torch.Tensor):
-        try:
-            labels = torch.as_tensor(labels)
-        except (TypeError, ValueError, RuntimeError):
-            raise TypeError(f"labels must be a tensor of {batch} integers, got "
-                            f"{type(labels).__name__}") from None
-    if labels.is_floating_point() or labels.dtype == torch.bool or \
-            labels.dim() != 1 or len(labels) != batch:
-        raise ValueError(f"labels must be {batch} integers (one per image), got "
-                         f"{labels.dtype} of shape {tuple(labels.shape)}")
-    if ((labels < 0) | (labels >= num_classes)).any():
-        raise ValueError(f"labels must lie in 0..{num_classes - 1}, got "
-                         f"{labels.tolist()}")
-    return labels.long()
 
 
 def _pair_schedule(extra, defaults: dict, index: int, batch: int) -> dict | None:

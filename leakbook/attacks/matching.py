@@ -27,31 +27,44 @@ from .result import Reconstruction
 # --- shared pieces -----------------------------------------------------------
 
 
-def _check_shape(model: torch.nn.Module, shape) -> tuple[int, ...]:
-    """Check ``shape`` = (B, C, H, W) and that the model accepts it; return it."""
+def _check_shape(model: torch.nn.Module, shape, dtype=None) -> tuple[int, ...]:
+    """Check shape = (B, C, H, W) and that the model, in ``dtype`` (default: its
+    own), maps it to (B, classes); return it as a tuple of ints."""
     if not isinstance(shape, (tuple, list, torch.Size)) or len(shape) != 4:
         raise ValueError(f"shape must be (B, C, H, W), got {shape!r}")
-    if not all(isinstance(s, int) and s >= 1 for s in shape):
+    if not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 1
+               for s in shape):
         raise ValueError(f"shape must hold positive integers, got {tuple(shape)}")
-    p = next(model.parameters())
-    probe = copy.deepcopy(model).eval()
+    shape = tuple(int(s) for s in shape)
+    dtype = next(model.parameters()).dtype if dtype is None else dtype
+    probe = copy.deepcopy(model).to(dtype).eval()
     try:
         with torch.no_grad():
-            out = probe(torch.zeros(tuple(shape), dtype=p.dtype))
+            out = probe(torch.zeros(shape, dtype=dtype))
     except RuntimeError as err:
-        raise ValueError(f"the model does not accept inputs of shape {tuple(shape)}: "
+        raise ValueError(f"the model does not accept inputs of shape {shape}: "
                          f"{str(err).splitlines()[0]}") from None
     if out.dim() != 2 or out.shape[0] != shape[0]:
-        raise ValueError(f"the model maps shape {tuple(shape)} to logits of shape "
+        raise ValueError(f"the model maps shape {shape} to logits of shape "
                          f"{tuple(out.shape)}, expected ({shape[0]}, classes)")
-    return tuple(shape)
+    return shape
 
 
-def _check_labels(labels, batch: int) -> torch.Tensor:
-    labels = torch.as_tensor(labels)
-    if labels.is_floating_point() or labels.dim() != 1 or len(labels) != batch:
+def _check_labels(labels, batch: int, num_classes: int | None = None) -> torch.Tensor:
+    """labels as (batch,) int64, each in 0..num_classes - 1 when that is given."""
+    if not isinstance(labels, torch.Tensor):
+        try:
+            labels = torch.as_tensor(labels)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"labels must be a tensor of {batch} integers, got "
+                            f"{type(labels).__name__}") from None
+    if labels.is_floating_point() or labels.dtype == torch.bool or \
+            labels.dim() != 1 or len(labels) != batch:
         raise ValueError(f"labels must be {batch} integers (one per image), got "
                          f"{labels.dtype} of shape {tuple(labels.shape)}")
+    if num_classes is not None and ((labels < 0) | (labels >= num_classes)).any():
+        raise ValueError(f"labels must lie in 0..{num_classes - 1}, got "
+                         f"{labels.tolist()}")
     return labels.long()
 
 
