@@ -42,24 +42,29 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def site_url():
-    if not (SITE / "index.html").exists():
-        pytest.fail(f"no built book in {SITE}: run `make book` first")
+def serve(directory: Path):
+    """Serve ``directory`` on a free loopback port; yields its URL (a generator
+    for fixtures: the server stops when the fixture ends)."""
     port = _free_port()
     server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind",
-                               "127.0.0.1", "-d", str(SITE)],
+                               "127.0.0.1", "-d", str(directory)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
     for _ in range(100):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
             break
         except OSError:
             time.sleep(0.05)
-    yield url
+    yield f"http://127.0.0.1:{port}"
     server.terminate()
     server.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def site_url():
+    if not (SITE / "index.html").exists():
+        pytest.fail(f"no built book in {SITE}: run `make book` first")
+    yield from serve(SITE)
 
 
 @pytest.fixture(scope="session")

@@ -6,14 +6,12 @@ written model answers, solution prose) in the page; the HTML files are also
 read as text, and no source notebook or instructor guide is published.
 """
 import html.parser
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, serve
 
 sys.path.insert(0, str(ROOT))
 from grading import course  # noqa: E402
@@ -40,22 +38,7 @@ def page_text(path: Path) -> str:
 def student_url():
     if not (STUDENT_SITE / "index.html").exists():
         pytest.fail("no student site: run `make book STUDENT=1` first")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind",
-                               "127.0.0.1", "-d", str(STUDENT_SITE)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-            break
-        except OSError:
-            import time
-            time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.terminate()
-    server.wait(timeout=10)
+    yield from serve(STUDENT_SITE)
 
 
 CHAPTERS = sorted(p.relative_to(STUDENT_SITE).as_posix()
