@@ -290,9 +290,10 @@ def unroll_detached(model, x, y, lr, steps):
     return [w[n] - w0[n] for n in names]
 
 
-def interpolated_mean(model, update, dummies, local_steps):
+def interpolated_mean(model, update, dummies, local_steps, first=0):
+    """The softmax mean at w_t + s/T u for s = first .. first + T - 1."""
     means = []
-    for s in range(local_steps):
+    for s in range(first, first + local_steps):
         net = copy.deepcopy(model)
         with torch.no_grad():
             for p, d in zip(net.parameters(), update):
@@ -303,14 +304,7 @@ def interpolated_mean(model, update, dummies, local_steps):
 
 def interpolated_mean_ahead(model, update, dummies, local_steps):
     """Off by one: the points s = 1 .. T."""
-    means = []
-    for s in range(1, local_steps + 1):
-        net = copy.deepcopy(model)
-        with torch.no_grad():
-            for p, d in zip(net.parameters(), update):
-                p += s / local_steps * d
-            means.append(net(dummies).softmax(-1).mean(0))
-    return torch.stack(means).mean(0)
+    return interpolated_mean(model, update, dummies, local_steps, first=1)
 
 
 def counts_from_path(bias_update, softmax_path, lr, num_samples):

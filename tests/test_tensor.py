@@ -204,16 +204,23 @@ def test_projected_plain_estimate_is_the_full_estimate_projected():
                                 "first", degrees=[0, 2, 4])
 
 
+def _digits_wrong_targets(B, data_seed, net_seed, width=10_000):
+    """B digits (d = 64), a tanh net of ``width`` and targets -sign f(x) it gets
+    wrong; returns x, net, y and the MSE gradient."""
+    x, _ = _digits(B, seed=data_seed)
+    net = random_two_layer(64, width, "tanh", seed=net_seed)
+    with torch.no_grad():
+        y = -torch.sign(net(x))
+    return x, net, y, lb.fl.shared_gradients(net, x, y, loss="mse")
+
+
 def test_control_variates_cut_the_error_and_estimate_it():
     # digits, d = 64, B = 8: the fit removes most of the Monte-Carlo noise, and
     # its own error estimate (no truth) is within a factor 2 of the true error
-    B, m = 8, 10_000
-    x, _ = _digits(B, seed=0)
-    net = random_two_layer(64, m, "tanh", seed=100)
+    B = 8
+    x, net, y, (gW, ga) = _digits_wrong_targets(B, data_seed=0, net_seed=100)
     with torch.no_grad():
-        y = -torch.sign(net(x))
         r = 2 * (net(x) - y).reshape(-1) / B
-    gW, ga = lb.fl.shared_gradients(net, x, y, loss="mse")
     W, a = net[0].weight.detach(), net[2].weight.detach().reshape(-1)
     Q, _ = input_span(gW, B)
     truth = cp_tensor(hermite_coefficient(torch.tanh, 3) * r, x @ Q)
@@ -228,12 +235,8 @@ def test_control_variates_cut_the_error_and_estimate_it():
 
 def test_digits_at_image_size():
     # issue 10's target setting: 8x8 digits (d = 64), B = 8, width 10^4
-    B, m = 8, 10_000
-    x, _ = _digits(B, seed=1)
-    net = random_two_layer(64, m, "tanh", seed=101)
-    with torch.no_grad():
-        y = -torch.sign(net(x))
-    grads = lb.fl.shared_gradients(net, x, y, loss="mse")
+    B = 8
+    x, net, y, grads = _digits_wrong_targets(B, data_seed=1, net_seed=101)
     before = [g.clone() for g in grads], [p.detach().clone() for p in net.parameters()]
     rec = tensor_decomposition(net, grads, B)
     assert rec.images.shape == (B, 64)
