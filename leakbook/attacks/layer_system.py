@@ -64,7 +64,7 @@ class LayerSystem:
         if z is None:
             self.cf = 0.0
         else:
-            z_norm = float(z.norm())
+            z_norm = float(z.detach().norm())
             self.cf = (1.0 / z_norm if scale else 1.0) if z_norm > _TINY else 1.0
 
     # --- counts ---------------------------------------------------------------

@@ -185,7 +185,7 @@ def invert_head(head: Block, grads: list[torch.Tensor], labels, branch: str = "s
     if y.numel() != 1 or y.is_floating_point() or int(y[0]) not in (0, 1):
         checks.fail("labels", "one label 0 or 1 for the logistic head", y)
     sign = 2.0 * int(y[0]) - 1.0
-    value = float((gw * head.layer.weight).sum())
+    value = float((gw * head.layer.weight.detach()).sum())
     mu = solve_margin(value, branch)
     k = -sign / (1.0 + math.exp(mu))
     if kind == "leakyrelu" and sign * mu < 0:      # output, hence z, negative
