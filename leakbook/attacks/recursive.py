@@ -108,9 +108,9 @@ def solve_margin(value: float, branch: str = "small") -> float:
     checks.choice(branch, "branch", BRANCHES)
     g_min = _margin_equation(_MU_TURN)
     if value < g_min:
-        raise ValueError(f"value (<dL/dW, W>) must be at least the minimum "
-                         f"{g_min:.4g} of -mu/(1+e^mu), got {value:.4g}: not the "
-                         "gradient of the logistic loss")
+        raise ValueError(f"value must be at least the minimum {g_min:.4g} of "
+                         f"-mu/(1+e^mu), got {value:.4g}: this <dL/dW, W> is not "
+                         "from a gradient of the logistic loss")
     if value == 0.0:
         return 0.0
     if value > 0:
