@@ -270,8 +270,9 @@ def _step_down_case():
 
 def _system():
     from leakbook.attacks import layer_system
-    conv, shape, delta = _conv()
     from leakbook.attacks.layers import Block
+    conv, shape, delta = _conv()
+    conv.requires_grad_(False)             # as inside rgap: a gradient-free copy
     block = Block("0", conv, None, shape, (3, 3, 3), 0, 1)
     z = torch.randn(3, 3, 3, generator=torch.Generator().manual_seed(2), dtype=F64)
     grad_w = torch.randn(3, 2, 3, 3, generator=torch.Generator().manual_seed(3),
