@@ -398,7 +398,7 @@ def _check_options(steps, warmup, refresh, max_time, fill, start):
     for name, value in (("steps", steps), ("warmup", warmup), ("refresh", refresh)):
         checks.integer(value, name, minimum=0)
     if max_time is not None:
-        checks.number(max_time, "max_time", above=0)
+        checks.number(max_time, "max_time", above=0, finite=False)
     _fill(fill, "fill")
     checks.choice(start, "start", ("zeros", "linear"))
 
