@@ -29,6 +29,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import checks
+
 ACTIVATIONS = {
     "sigmoid": nn.Sigmoid,
     "relu": nn.ReLU,
@@ -41,11 +43,26 @@ ACTIVATIONS = {
 
 
 def make_activation(name: str) -> nn.Module:
-    """A fresh activation module by name (see ``ACTIVATIONS``)."""
-    if name not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; "
-                         f"choose one of {sorted(ACTIVATIONS)}")
+    """A fresh activation module by name (see ``ACTIVATIONS``).
+
+    A name outside ``ACTIVATIONS`` is refused as "activation must be one of ...".
+    """
+    checks.choice(name, "activation", sorted(ACTIVATIONS))
     return ACTIVATIONS[name]()
+
+
+def _positive(**sizes) -> None:
+    """Every size a positive int, every ``widths`` entry too (a zero-size layer is
+    no layer); widths may be empty."""
+    for key, value in sizes.items():
+        if key == "widths":
+            if not isinstance(value, (list, tuple)):
+                checks.fail("widths", "a list or tuple of positive ints", value,
+                            TypeError)
+            for i, v in enumerate(value):
+                checks.integer(v, f"widths[{i}]", minimum=1)
+        else:
+            checks.integer(value, key, minimum=1)
 
 
 def _conv_out(size: int, k: int, s: int, p: int) -> int:
@@ -54,6 +71,9 @@ def _conv_out(size: int, k: int, s: int, p: int) -> int:
 
 def _conv_stack(spec, in_channels: int, image_size: int, act: str, bias: bool):
     """Convs from a spec [(out, k, s, p), ...], each followed by the activation."""
+    _positive(in_channels=in_channels, image_size=image_size,
+              widths=[out for out, *_ in spec])
+    checks.flag(bias, "bias")
     layers, c, size = [], in_channels, image_size
     for out, k, s, p in spec:
         layers += [nn.Conv2d(c, out, k, s, p, bias=bias), make_activation(act)]
@@ -64,6 +84,9 @@ def _conv_stack(spec, in_channels: int, image_size: int, act: str, bias: bool):
 
 
 def _cnn(spec, in_channels, image_size, num_classes, act, bias, head_bias=None):
+    _positive(num_classes=num_classes)
+    if head_bias is not None:
+        checks.flag(head_bias, "head_bias")
     layers, features = _conv_stack(spec, in_channels, image_size, act, bias)
     head_bias = bias if head_bias is None else head_bias
     return nn.Sequential(*layers, nn.Flatten(),
@@ -94,6 +117,8 @@ def cnn6_d(**kwargs):
 
 def mlp(in_features=64, widths=(100,), num_classes=10, activation="relu", bias=True):
     """Flatten, then FC layers of the given widths, each followed by the activation."""
+    _positive(in_features=in_features, widths=widths, num_classes=num_classes)
+    checks.flag(bias, "bias")
     layers, prev = [nn.Flatten()], in_features
     for w in widths:
         layers += [nn.Linear(prev, w, bias=bias), make_activation(activation)]
@@ -150,6 +175,9 @@ class _Block(nn.Module):
 def resnet_tiny(in_channels=3, image_size=32, num_classes=10, width=16,
                 activation="relu", batchnorm=True):
     """A conv stem (stride 2), two residual blocks, global average pooling, FC."""
+    _positive(in_channels=in_channels, image_size=image_size, num_classes=num_classes,
+              width=width)
+    checks.flag(batchnorm, "batchnorm")
     norm = nn.BatchNorm2d(width) if batchnorm else nn.Identity()
     return nn.Sequential(
         nn.Conv2d(in_channels, width, 3, 2, 1), norm, make_activation(activation),
@@ -166,17 +194,7 @@ _SIZES = ("in_channels", "image_size", "num_classes", "in_features", "width")
 
 def _check_sizes(name: str, kwargs: dict) -> None:
     """Every size argument a positive int (a zero-size layer is no layer)."""
-    for key in _SIZES + ("widths",):
-        if key not in kwargs:
-            continue
-        values = kwargs[key] if key == "widths" else [kwargs[key]]
-        if key == "widths" and not isinstance(values, (list, tuple)):
-            raise TypeError(f"build({name!r}): widths must be a list or tuple of "
-                            f"positive ints, got {type(values).__name__}")
-        for v in values:
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"build({name!r}): {key} must be positive integers, "
-                                 f"got {kwargs[key]!r}")
+    _positive(**{key: kwargs[key] for key in _SIZES + ("widths",) if key in kwargs})
 
 
 def build(name: str, seed: int = 0, dtype: torch.dtype = torch.float32,
@@ -188,8 +206,9 @@ def build(name: str, seed: int = 0, dtype: torch.dtype = torch.float32,
     ``image_size=16``). The model comes back in train mode, as a client uses
     it; ``dtype=torch.float64`` for the exactness demos.
     """
-    if name not in ZOO:
-        raise ValueError(f"unknown model {name!r}; choose one of {sorted(ZOO)}")
+    checks.choice(name, "name", sorted(ZOO))
+    seed = checks.seed(seed)
+    dtype = checks.float_dtype(dtype)
     _check_sizes(name, kwargs)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

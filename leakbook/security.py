@@ -32,10 +32,12 @@ import scipy.sparse.csgraph  # noqa: F401  (sp.csgraph)
 import torch
 from torch import nn
 
+from . import checks, threads
 from .attacks.hybrid import FILLS, fill_blind
 from .attacks.layers import leaves
-from .attacks.linear_systems import (conv_gradient_matrix, conv_matrix, output_shape,
-                                     patch_indices, unread_pixels)
+from .attacks.linear_systems import (MAX_MEMORY_GB, check_dense, conv_gradient_matrix,
+                                     conv_matrix, output_shape, patch_indices,
+                                     unread_pixels)
 
 #: Elementwise activations the audit accepts (name -> invertible on its range?).
 ELEMENTWISE = {nn.ReLU: False, nn.LeakyReLU: True, nn.Sigmoid: True, nn.Tanh: True,
@@ -63,50 +65,53 @@ def weight_layers(model: nn.Module, input_shape) -> list[dict]:
     None). Raises ValueError naming any layer that is not Conv2d, Linear,
     Flatten or an elementwise activation. Taught in chapter 08.
     """
-    shape = tuple(int(s) for s in input_shape)
-    if len(shape) not in (1, 3) or min(shape) < 1:
-        raise ValueError(f"input_shape must be (C, H, W) or (n,) with positive sizes, "
-                         f"got {tuple(input_shape)}")
+    checks.module(model, parameters=False)
+    shape = checks.shape(input_shape, "input_shape", dims=(1, 3))
     rows = []
     for path, layer in leaves(model, "the audit"):
         if isinstance(layer, nn.Conv2d):
             if len(shape) != 3:
-                raise ValueError(f"layer '{path}' (Conv2d) receives shape {shape}, "
+                raise ValueError(f"input_shape must fit the model, got {shape}: "
+                                 f"layer '{path}' (Conv2d) receives shape {shape}, "
                                  "not (C, H, W)")
             try:
                 out = output_shape(layer, shape)
             except (TypeError, ValueError) as err:
-                raise ValueError(f"layer '{path}' (Conv2d): {err}") from None
+                raise ValueError(f"input_shape must fit the model, got one that "
+                                 f"does not: layer '{path}' (Conv2d): {err}") from None
             if min(out) < 1:
-                raise ValueError(f"layer '{path}' (Conv2d) gets an input {shape} "
-                                 "too small")
+                raise ValueError(f"input_shape must fit the model, got one too small: "
+                                 f"layer '{path}' (Conv2d) gets an input {shape}")
             rows.append(dict(path=path, layer=layer, in_shape=shape, out_shape=out,
                              act=None))
             shape = out
         elif isinstance(layer, nn.Linear):
             if len(shape) != 1 or shape[0] != layer.in_features:
-                raise ValueError(f"layer '{path}' (Linear {layer.in_features}->"
-                                 f"{layer.out_features}) receives shape {shape}; "
-                                 "put an nn.Flatten before it or fix input_shape")
+                raise ValueError(f"input_shape must fit the model, got one that "
+                                 f"does not: layer '{path}' (Linear "
+                                 f"{layer.in_features}->{layer.out_features}) receives "
+                                 f"shape {shape}; put an nn.Flatten before it or fix "
+                                 "input_shape")
             out = (layer.out_features,)
             rows.append(dict(path=path, layer=layer, in_shape=shape, out_shape=out,
                              act=None))
             shape = out
         elif isinstance(layer, nn.Flatten):
             if layer.start_dim != 1 or layer.end_dim != -1:
-                raise ValueError(f"layer '{path}': only nn.Flatten() with the default "
-                                 "start_dim=1, end_dim=-1 is supported")
+                raise ValueError(f"model must use nn.Flatten() with the default "
+                                 f"start_dim=1, end_dim=-1, got layer '{path}' with "
+                                 f"start_dim={layer.start_dim}, end_dim={layer.end_dim}")
             shape = (math.prod(shape),)
         elif type(layer) in ELEMENTWISE:
             if rows and rows[-1]["act"] is None:
                 rows[-1]["act"] = layer
         else:
             names = ", ".join(t.__name__ for t in ELEMENTWISE)
-            raise ValueError(f"layer '{path}' ({type(layer).__name__}) is not "
-                             "supported: the audit handles Conv2d, Linear, Flatten "
-                             f"and elementwise activations ({names})")
+            raise ValueError(f"model must hold only Conv2d, Linear, Flatten and "
+                             f"elementwise activations ({names}), got layer '{path}' "
+                             f"({type(layer).__name__}), which is not supported")
     if not rows:
-        raise ValueError("the model has no Conv2d or Linear layer to audit")
+        checks.fail("model", "a model with a Conv2d or Linear layer to audit", model)
     return rows
 
 
@@ -153,16 +158,22 @@ def psnr_cap(x: torch.Tensor, blind: torch.Tensor, fill: str = "mean") -> float:
     that way; a better image prior can go past it. Uses the truth: it is a
     metric, not an attack. inf if nothing is blind. Taught in chapter 08.
     """
+    checks.tensor(x, "x", "float", dims=(3, 4), nonempty=True)
+    if x.dim() == 4 and x.shape[0] != 1:
+        checks.fail("x", "one image (C, H, W) or (1, C, H, W)", x)
     x = x.detach().to(torch.float64)
     x = x[0] if x.dim() == 4 else x
+    checks.tensor(blind, "blind", "any", dims=3)
+    if blind.dtype != torch.bool:
+        checks.fail("blind", "a bool mask (from blind_spot)", blind, TypeError)
     if x.shape != blind.shape:
-        raise ValueError(f"image {tuple(x.shape)} and mask {tuple(blind.shape)} differ")
-    if fill not in FILLS:
-        raise ValueError(f"fill must be one of {FILLS}, got {fill!r}")
+        checks.fail("blind", f"a mask of the image's shape {tuple(x.shape)}", blind)
+    checks.choice(fill, "fill", FILLS)
     if not bool(blind.any()):
         return float("inf")
     if bool(blind.all()):
-        raise ValueError("every pixel is blind: nothing to anchor a reconstruction")
+        raise ValueError("blind must leave a visible pixel, got every pixel blind: "
+                         "nothing to anchor a reconstruction")
     r = fill_blind(x, blind, fill)
     mse = float(((r - x) ** 2).mean())
     return float("inf") if mse == 0 else 10 * math.log10(1.0 / mse)
@@ -177,20 +188,33 @@ def _to_scipy(t: torch.Tensor) -> sp.csr_matrix:
     return sp.csr_matrix((t.values().numpy(), (i[0], i[1])), shape=tuple(t.shape))
 
 
-def layer_gram(layer: nn.Module, in_shape, delta: torch.Tensor) -> np.ndarray:
+def layer_gram(layer: nn.Module, in_shape, delta: torch.Tensor,
+               max_memory_gb: float = MAX_MEMORY_GB) -> np.ndarray:
     """The smaller Gram matrix of the layer's stacked system S = [K/|K|; A/|A|].
 
     K (n_w, n_x) is the gradient block (K x = dL/dW), A (n_z, n_x) the forward
     block (A x = z - b); each is scaled to unit Frobenius norm so that neither
     swamps the other. delta: dL/dz of one sample, the layer's output shape.
     Returns S^T S (n_x, n_x) or, if S has fewer rows than columns, S S^T: both
-    have the rank of S. Dense float64. Taught in chapter 08.
+    have the rank of S. Dense float64, refused (MemoryError, with the
+    estimate) past ``max_memory_gb``. Taught in chapter 08.
     """
+    if not isinstance(layer, (nn.Conv2d, nn.Linear)):
+        checks.fail("layer", "an nn.Conv2d or nn.Linear", layer, TypeError)
     if isinstance(layer, nn.Linear):
         n = layer.in_features
         w = layer.weight.detach().to(torch.float64).numpy()
         # K = kron(delta, I_n): K^T K = |delta|^2 I, and |K|_F^2 = n |delta|^2
+        check_dense(n, n, "layer_gram", max_memory_gb)
         return np.eye(n) / n + w.T @ w / max((w ** 2).sum(), 1e-300)
+    in_shape = checks.shape(in_shape, "in_shape", dims=3)
+    out_shape = output_shape(layer, in_shape)
+    checks.tensor(delta, "delta", "float")
+    if delta.numel() != math.prod(out_shape):
+        checks.fail("delta", f"dL/dz of one sample, {math.prod(out_shape)} entries "
+                    f"{out_shape}", delta)
+    m = _gram_side(layer, in_shape, out_shape)
+    check_dense(m, m, "layer_gram", max_memory_gb)
     k = _to_scipy(conv_gradient_matrix(layer, in_shape, delta, sparse=True))
     a = _to_scipy(conv_matrix(layer, in_shape, sparse=True))
     k = k / math.sqrt(max(k.multiply(k).sum(), 1e-300))
@@ -205,8 +229,17 @@ def numerical_rank(gram: np.ndarray, rtol: float) -> tuple[int, float, float]:
 
     Counts s_i > rtol * s_max. Returns (rank, smallest kept s/s_max, largest
     dropped s/s_max); a wide gap between the two means the rank is clear-cut.
+    Computed on one thread (bit-identical at any thread count).
     """
-    eig = torch.linalg.eigvalsh(torch.from_numpy(gram)).clamp_min(0).numpy()
+    if not isinstance(gram, np.ndarray) or gram.ndim != 2 \
+            or gram.shape[0] != gram.shape[1] or gram.shape[0] == 0:
+        checks.fail("gram", "a non-empty square NumPy array (from layer_gram)", gram,
+                    TypeError if not isinstance(gram, np.ndarray) else ValueError)
+    if not np.issubdtype(gram.dtype, np.floating) or not np.isfinite(gram).all():
+        checks.fail("gram", "a finite floating-point matrix", gram)
+    rtol = checks.number(rtol, "rtol", above=0, below=1)
+    with threads.one_thread():
+        eig = torch.linalg.eigvalsh(torch.from_numpy(gram)).clamp_min(0).numpy()
     s = np.sqrt(eig[::-1]) / max(math.sqrt(eig[-1]), 1e-300)
     keep = s > rtol
     rank = int(keep.sum())
@@ -237,8 +270,15 @@ def rank_bound(layer: nn.Module, in_shape) -> int:
     prediction from counting, checked against the numerical rank in
     tests/test_security.py and chapter 08. Taught in chapter 08.
     """
+    if not isinstance(layer, (nn.Conv2d, nn.Linear)):
+        checks.fail("layer", "an nn.Conv2d or nn.Linear", layer, TypeError)
+    in_shape = checks.shape(in_shape, "in_shape", dims=1 if isinstance(layer, nn.Linear)
+                            else 3)
     n_x = math.prod(in_shape)
     if isinstance(layer, nn.Linear):
+        if n_x != layer.in_features:
+            checks.fail("in_shape", f"({layer.in_features},), the layer's input",
+                        in_shape)
         return n_x
     idx = patch_indices(layer, in_shape)                     # (M, L)
     m, n_pos = idx.shape
@@ -473,15 +513,16 @@ def audit(model: nn.Module, input_shape, seed: int = 0, rtol: float = 1e-6,
     Returns an :class:`Audit`.
     Taught in chapter 08.
     """
-    if weights not in ("random", "model"):
-        raise ValueError(f"weights must be 'random' or 'model', got {weights!r}")
-    if not 0 < rtol < 1:
-        raise ValueError(f"rtol must be in (0, 1), got {rtol}")
-    if not max_memory_gb > 0:
-        raise ValueError(f"max_memory_gb must be positive, got {max_memory_gb}")
-    rows = weight_layers(model, input_shape)
-    cost = estimate_cost(model, input_shape)
-    shape = tuple(int(s) for s in input_shape)
+    shape = checks.shape(input_shape, "input_shape", dims=(1, 3))
+    seed = checks.seed(seed)
+    rtol = checks.number(rtol, "rtol", above=0, below=1)
+    checks.choice(weights, "weights", ("random", "model"))
+    max_memory_gb = checks.number(max_memory_gb, "max_memory_gb", above=0, finite=False)
+    warn_seconds = checks.number(warn_seconds, "warn_seconds", minimum=0, finite=False)
+    if progress is not None:
+        progress = checks.flag(progress, "progress")
+    rows = weight_layers(model, shape)
+    cost = estimate_cost(model, shape)
     if cost["bytes"] > max_memory_gb * 2**30:
         big = max(cost["layers"], key=lambda r: r["bytes"])
         raise MemoryError(f"auditing this model on input {shape} needs "
@@ -493,7 +534,15 @@ def audit(model: nn.Module, input_shape, seed: int = 0, rtol: float = 1e-6,
         warnings.warn(f"the audit on input {shape} will take "
                       f"{_human(cost['bytes'], cost['seconds'])} at one thread",
                       stacklevel=2)
-    show = cost["seconds"] > 10 if progress is None else bool(progress)
+    show = cost["seconds"] > 10 if progress is None else progress
+    with threads.one_thread():
+        out, notes = _audit_layers(rows, weights, seed, rtol, cost, show)
+    blind = blind_spot(model, shape)
+    return Audit(out, shape, blind, seed, rtol, weights, notes)
+
+
+def _audit_layers(rows, weights, seed, rtol, cost, show):
+    """The audit's rows (LayerAudit) and notes, layer by layer."""
     gen = torch.Generator().manual_seed(seed)
     unknowns = [math.prod(r["in_shape"]) for r in rows]
     virtual = _virtual(unknowns)
@@ -513,7 +562,7 @@ def audit(model: nn.Module, input_shape, seed: int = 0, rtol: float = 1e-6,
             # after scaling is 1/sqrt(n), a lower bound on the stack's.
             rank, kept, dropped = unknowns[i], 1 / math.sqrt(unknowns[i]), 0.0
         else:
-            gram = layer_gram(twin, in_shape, delta)
+            gram = layer_gram(twin, in_shape, delta, max_memory_gb=math.inf)
             rank, kept, dropped = numerical_rank(gram, rtol)
             del gram
         if isinstance(layer, nn.Conv2d):
@@ -538,5 +587,4 @@ def audit(model: nn.Module, input_shape, seed: int = 0, rtol: float = 1e-6,
             copa_weight=(n_layers - 1 - i) / (n_layers - 1) if n_layers > 1 else 1.0,
             gap=(kept, dropped), invertible_activation=invertible,
             seconds=time.perf_counter() - start))
-    blind = blind_spot(model, input_shape)
-    return Audit(out, shape, blind, seed, rtol, weights, notes)
+    return out, notes

@@ -48,5 +48,5 @@ def test_bad_input():
         ls.conv_matrix(nn.Linear(3, 3), (3, 4, 4))
     with pytest.raises(ValueError, match="input_shape"):
         ls.conv_matrix(nn.Conv2d(3, 4, 3), (2, 8, 8))
-    with pytest.raises(ValueError, match="delta has"):
+    with pytest.raises(ValueError, match="delta must"):
         ls.conv_gradient_matrix(nn.Conv2d(1, 2, 3), (1, 5, 5), torch.zeros(5))

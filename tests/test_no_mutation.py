@@ -35,6 +35,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import leakbook as lb  # noqa: E402
 from leakbook import checks, data, fl, isolation, metrics, models, viz  # noqa: E402
 from leakbook.attacks import analytic, tensor  # noqa: E402
+from leakbook import __main__ as cli, security  # noqa: E402
+from leakbook.attacks import (hybrid, layers, linear_systems,  # noqa: E402
+                              recursive)
 
 F64 = torch.float64
 
@@ -224,6 +227,74 @@ def _tensor_split():
     return net[0].weight.detach(), net[2].weight.detach()[0], gW, ga
 
 
+# --- phase 2: layer-wise attacks, security, models, command line (helper robb) ----
+
+def _rgap_case(dtype=F64):
+    """A bias-free cnn6 on one 8x8 digit, R-GAP's label and logistic gradients."""
+    net = models.build("cnn6", in_channels=1, image_size=8, seed=0, dtype=dtype)
+    x = data.load("digits", 1, seed=1, dtype=dtype)[0]
+    with torch.no_grad():
+        y = torch.tensor([0 if net(x).item() > 0 else 1])
+    return net, fl.shared_gradients(net, x, y, loss="logistic"), y
+
+
+def _copa_case():
+    """cnn3_c1 (rank-deficient) on one 12x12 digit with cross-entropy gradients."""
+    net = models.build("cnn3_c1", in_channels=1, image_size=12, seed=0, dtype=F64)
+    x = data.load("digits", 1, seed=1, dtype=F64, size=12)[0]
+    y = torch.tensor([3])
+    return net, fl.shared_gradients(net, x, y), y
+
+
+def _parts(dtype=F64):
+    from leakbook.attacks import layers
+    net, g, y = _rgap_case(dtype)
+    return net, layers.blocks(net, (1, 8, 8)), g, y
+
+
+def _conv():
+    conv = torch.nn.Conv2d(2, 3, 3, 2, 1).double()
+    delta = torch.randn(3, 3, 3, generator=torch.Generator().manual_seed(0), dtype=F64)
+    return conv, (2, 5, 5), delta
+
+
+def _step_down_case():
+    from leakbook.attacks import layers
+    _, parts, g, _ = _parts()
+    acts = layers.activations_of(parts)
+    x = torch.rand(parts[-1].n_in, generator=torch.Generator().manual_seed(0),
+                   dtype=F64)
+    delta = torch.randn(1, generator=torch.Generator().manual_seed(1), dtype=F64)
+    return parts[-1], acts[-1], x, delta, parts[-2]
+
+
+def _system():
+    from leakbook.attacks import layer_system
+    from leakbook.attacks.layers import Block
+    conv, shape, delta = _conv()
+    conv.requires_grad_(False)             # as inside rgap: a gradient-free copy
+    block = Block("0", conv, None, shape, (3, 3, 3), 0, 1)
+    z = torch.randn(3, 3, 3, generator=torch.Generator().manual_seed(2), dtype=F64)
+    grad_w = torch.randn(3, 2, 3, 3, generator=torch.Generator().manual_seed(3),
+                         dtype=F64)
+    return layer_system.LayerSystem(block, delta, grad_w, z)
+
+
+def _audit_net():
+    return models.build("cnn3_c1", in_channels=1, image_size=12, seed=0)
+
+
+def _blind():
+    from leakbook import security
+    conv = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 2, 2), torch.nn.Flatten(),
+                               torch.nn.Linear(4, 1))
+    return security.blind_spot(conv, (1, 5, 5))
+
+
+def _cli_args():
+    return (["audit", "cnn3_c1", "--input-shape", "1", "12", "12"],)
+
+
 def _figure():
     fig, _ = plt.subplots(figsize=(3, 2))
     return fig
@@ -299,6 +370,71 @@ CASES = [
          lambda: (tensor.projected_moment_tensor, _tensor_split(),
                   {"basis": torch.eye(6, 2, dtype=F64)})),
     Case("attacks.input_span", lambda: (tensor.input_span, (_tensor_split()[2], 2), {})),
+    # layer-wise attacks (chapter 07), security (chapter 08), models, command line
+    Case("attacks.rgap", lambda: (recursive.rgap, _rgap_case(),
+                                  {"input_shape": (1, 8, 8)})),
+    Case("attacks.rgap[float32]", lambda: (recursive.rgap, _rgap_case(torch.float32),
+                                           {"input_shape": (1, 8, 8)})),
+    Case("attacks.copa", lambda: (hybrid.copa, _copa_case(),
+                                  {"input_shape": (1, 12, 12), "steps": 5,
+                                   "max_time": None, "start": "linear"})),
+    Case("recursive.solve_margin", lambda: (recursive.solve_margin, (-0.1,),
+                                            {"branch": "large"})),
+    Case("recursive.invert_head",
+         lambda: (recursive.invert_head, (_parts()[1][-1], _parts()[2], [1]), {})),
+    Case("recursive.step_down", lambda: (recursive.step_down, _step_down_case(), {})),
+    Case("recursive.layer_system",
+         lambda: (recursive.layer_system, (_system().block, torch.ones(3, 3, 3,
+                                                                       dtype=F64),
+                                           _system().delta, [_system().grad_w]), {})),
+    Case("LayerSystem.solve", lambda: (_system().solve, (), {"spectrum": True})),
+    Case("hybrid.reached_inputs", lambda: (hybrid.reached_inputs,
+                                           (_parts()[1], 2), {})),
+    Case("hybrid.fill_blind",
+         lambda: (hybrid.fill_blind, (_images(1)[0], _images(1)[0] > 0.8, "inpaint"),
+                  {})),
+    Case("layers.blocks", lambda: (layers.blocks, (_rgap_case()[0], (1, 8, 8)), {}),
+         may_alias=True),  # blocks hold the model's own layers, by design
+    Case("layers.activations_of", lambda: (layers.activations_of, (_parts()[1],), {}),
+         may_alias=True),
+    Case("linear_systems.conv_matrix",
+         lambda: (linear_systems.conv_matrix, _conv()[:2], {})),
+    Case("linear_systems.conv_gradient_matrix",
+         lambda: (linear_systems.conv_gradient_matrix, _conv(), {})),
+    Case("linear_systems.conv_csr",
+         lambda: (linear_systems.conv_csr, _conv(), {"gradient": True})),
+    Case("linear_systems.patch_indices",
+         lambda: (linear_systems.patch_indices, _conv()[:2], {})),
+    Case("linear_systems.output_shape",
+         lambda: (linear_systems.output_shape, _conv()[:2], {})),
+    Case("linear_systems.unread_pixels",
+         lambda: (linear_systems.unread_pixels, _conv()[:2], {})),
+    Case("security.audit", lambda: (security.audit, (_audit_net(), (1, 12, 12)), {})),
+    Case("security.audit[model weights]",
+         lambda: (security.audit, (_audit_net(), (1, 12, 12)), {"weights": "model"})),
+    Case("security.estimate_cost",
+         lambda: (security.estimate_cost, (_audit_net(), (1, 12, 12)), {})),
+    Case("security.weight_layers",
+         lambda: (security.weight_layers, (_audit_net(), (1, 12, 12)), {}),
+         may_alias=True),  # rows name the model's own layers, by design
+    Case("security.blind_spot",
+         lambda: (security.blind_spot, (_audit_net(), (1, 12, 12)), {})),
+    Case("security.psnr_cap",
+         lambda: (security.psnr_cap, (torch.rand(1, 5, 5, generator=torch.Generator()
+                                                  .manual_seed(0)), _blind()),
+                  {"fill": "nearest"})),
+    Case("security.layer_gram",
+         lambda: (security.layer_gram, _conv(), {})),
+    Case("security.numerical_rank",
+         lambda: (security.numerical_rank, (security.layer_gram(*_conv()), 1e-6), {})),
+    Case("security.rank_bound", lambda: (security.rank_bound, _conv()[:2], {})),
+    Case("Audit.to_markdown",
+         lambda: (security.audit(_audit_net(), (1, 12, 12)).to_markdown, (), {})),
+    Case("models.build", lambda: (models.build, ("cnn6_d",), {"seed": 3})),
+    Case("models.make_activation", lambda: (models.make_activation, ("tanh",), {})),
+    Case("__main__.main", lambda: (cli.main, _cli_args(), {})),
+    Case("__main__.load_model", lambda: (cli.load_model, ("cnn6", (3, 8, 8)), {})),
+    Case("__main__.check_shape", lambda: (cli.check_shape, ([3, 8, 8],), {})),
     # isolation
     Case("isolation.isolation_trial", lambda: (isolation.isolation_trial, (8, 3, 0), {})),
     Case("isolation.isolation_probabilities",

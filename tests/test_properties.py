@@ -1,4 +1,4 @@
-"""Property-based tests (Hypothesis) over the phase-1 public API (issue 14, item 5).
+"""Property-based tests (Hypothesis) over the public API (issue 14, item 5).
 
 Each test states a property that must hold for every input Hypothesis draws:
 shapes, dtypes, label ranges, non-finite values and empty batches included.
@@ -8,6 +8,7 @@ runs in well under a minute (``max_examples`` per test below).
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
 
@@ -18,8 +19,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from leakbook import checks, data, fl, metrics, models
-from leakbook.attacks import analytic
+from leakbook import checks, data, fl, metrics, models, security
+from leakbook.attacks import analytic, copa, hybrid, rgap
+from leakbook.attacks import linear_systems as ls
 
 F64 = torch.float64
 CHECKED = (ValueError, TypeError)
@@ -314,6 +316,137 @@ def test_solve_fc_inputs_recovers_inputs_when_deltas_have_full_rank(b, extra, n,
     assert torch.allclose(sol.inputs, xs, rtol=1e-6, atol=1e-8)
 
 
+# --- phase 2: layer-wise attacks, security, models (helper robb) -------------------
+
+@st.composite
+def small_convs(draw):
+    """A float64 Conv2d (c -> o, kernel k, stride s, padding p) with N(0, 1)
+    weights and an input shape (c, h, w) it accepts."""
+    c, o = draw(st.integers(1, 2)), draw(st.integers(1, 4))
+    k, s, p = draw(st.integers(1, 3)), draw(st.integers(1, 2)), draw(st.integers(0, 1))
+    h = draw(st.integers(max(1, k - 2 * p), 6))
+    w = draw(st.integers(max(1, k - 2 * p), 6))
+    conv = torch.nn.Conv2d(c, o, k, s, p).double()
+    gen = torch.Generator().manual_seed(draw(st.integers(0, 10 ** 6)))
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen, dtype=F64))
+        conv.bias.copy_(torch.randn(o, generator=gen, dtype=F64))
+    return conv, (c, h, w), gen
+
+
+@profile(30)
+@given(st.integers(2, 10), st.lists(st.integers(2, 12), min_size=1, max_size=2),
+       st.sampled_from(["leaky_relu", "tanh"]), st.integers(0, 10 ** 6))
+def test_rgap_recovers_any_input_of_a_fully_determined_bias_free_net(n, widths, act,
+                                                                      seed):
+    """R-GAP is exact on a bias-free MLP with one logit (every FC layer's gradient
+    rows delta (x) I have full column rank), whatever the weights and input."""
+    from leakbook.attacks import rgap
+    net = models.build("mlp", in_features=n, widths=tuple(widths), num_classes=1,
+                       activation=act, bias=False, seed=seed, dtype=F64)
+    x = torch.rand(1, n, generator=torch.Generator().manual_seed(seed + 1), dtype=F64)
+    with torch.no_grad():
+        y = torch.tensor([0 if net(x).item() > 0 else 1])  # R-GAP's unique margin
+    grads = fl.shared_gradients(net, x, y, loss="logistic")
+    assume(all(float(g.abs().max()) > 1e-12 for g in grads))
+    rec = rgap(net, grads, y, input_shape=(n,))
+    assert float((rec.images - x).abs().max()) <= 1e-6
+
+
+@profile(30)
+@given(small_convs())
+def test_the_predicted_rank_bounds_the_numerical_rank(case):
+    from leakbook import security
+    from leakbook.attacks.linear_systems import output_shape
+    conv, shape, gen = case
+    out = output_shape(conv, shape)
+    delta = torch.randn(out, generator=gen, dtype=F64)
+    rank, _, _ = security.numerical_rank(security.layer_gram(conv, shape, delta), 1e-6)
+    assert rank <= security.rank_bound(conv, shape) <= math.prod(shape)
+
+
+@profile(30)
+@given(small_convs())
+def test_conv_matrices_are_the_forward_pass_and_the_weight_gradient(case):
+    from leakbook.attacks import linear_systems as ls
+    conv, shape, gen = case
+    x = torch.randn(1, *shape, generator=gen, dtype=F64, requires_grad=True)
+    z = conv(x)
+    delta = torch.randn(z.shape, generator=gen, dtype=F64)
+    (gw,) = torch.autograd.grad((z * delta).sum(), [conv.weight])
+    a = ls.conv_matrix(conv, shape)
+    k = ls.conv_gradient_matrix(conv, shape, delta[0])
+    flat = x.detach().flatten()
+    bias = conv.bias.detach()[:, None, None]
+    assert torch.allclose(a @ flat, (z.detach()[0] - bias).flatten(), atol=1e-10)
+    assert torch.allclose(k @ flat, gw.flatten(), atol=1e-10)
+    unread = ls.unread_pixels(conv, shape).flatten()
+    assert not (a[:, unread] != 0).any() and not (k[:, unread] != 0).any()
+
+
+@profile(25)
+@given(st.lists(st.tuples(st.integers(1, 3), st.integers(1, 3), st.integers(1, 2),
+                          st.integers(0, 1)), min_size=1, max_size=3),
+       st.integers(6, 12))
+def test_copa_and_the_audit_agree_on_what_no_gradient_sees(spec, size):
+    """hybrid.reached_inputs over the whole network is the complement of
+    security.blind_spot (two walks, one from each chapter)."""
+    from leakbook import security
+    from leakbook.attacks import hybrid, layers
+    mods, c, side = [], 1, size
+    for out, k, s, p in spec:
+        side_next = (side + 2 * p - k) // s + 1
+        assume(side_next >= 1)
+        mods += [torch.nn.Conv2d(c, out, k, s, p), torch.nn.Tanh()]
+        c, side = out, side_next
+    net = torch.nn.Sequential(*mods, torch.nn.Flatten(),
+                              torch.nn.Linear(c * side * side, 2))
+    parts = layers.blocks(net, (1, size, size))
+    reached = hybrid.reached_inputs(parts, len(parts) - 1)
+    assert torch.equal(~reached, security.blind_spot(net, (1, size, size)))
+
+
+@profile(30)
+@given(st.sampled_from(sorted(models.ZOO)), st.integers(-2 ** 40, 2 ** 40))
+def test_build_is_seeded_and_leaves_the_global_generator_alone(name, seed):
+    kw = {"image_size": 16} if name not in ("mlp", "fcn3") else {"in_features": 12}
+    state = torch.get_rng_state()
+    a, b = models.build(name, seed=seed, **kw), models.build(name, seed=seed, **kw)
+    assert torch.equal(state, torch.get_rng_state())
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+@profile(40)
+@given(st.integers(1, 3), st.integers(1, 5), st.integers(1, 5), st.integers(0, 10 ** 6),
+       st.sampled_from(["mean", "nearest", "inpaint", 0.25]))
+def test_fill_blind_keeps_the_visible_entries_and_fills_the_rest(c, h, w, seed, how):
+    from leakbook.attacks import hybrid
+    gen = torch.Generator().manual_seed(seed)
+    image = torch.rand(c, h, w, generator=gen, dtype=F64)
+    blind = torch.rand(c, h, w, generator=gen) < 0.4
+    blind[:, 0, 0] = False                              # a visible entry per channel
+    out = hybrid.fill_blind(image, blind, how)
+    assert torch.equal(out[~blind], image[~blind]) and torch.isfinite(out).all()
+    if how == "mean":
+        for ch in range(c):
+            seen = image[ch][~blind[ch]]
+            assert torch.allclose(out[ch][blind[ch]], seen.mean().expand(
+                int(blind[ch].sum())))
+    if how == 0.25:
+        assert (out[blind] == 0.25).all()
+
+
+@profile(60)
+@given(st.floats(-0.2784, 50.0, allow_nan=False), st.sampled_from(["small", "large"]))
+def test_solve_margin_returns_a_root_of_the_margin_equation(value, branch):
+    from leakbook.attacks.recursive import solve_margin
+    mu = solve_margin(value, branch)
+    g = -mu / (1 + math.exp(mu)) if mu < 700 else 0.0
+    assert g == pytest.approx(value, rel=1e-9, abs=1e-12)
+    if value < 0:
+        assert (mu < 1.2784645427610738) == (branch == "small")
+
+
 # --- bad input is refused, by name, and never crashes deeper ----------------------------
 
 def _garbage_tensors():
@@ -386,6 +519,123 @@ BAD = [
      lambda: dict(grad_weight=torch.ones(3, 2), grad_bias=torch.ones(3))),
     (analytic.invert_fc, "grad_weight", _garbage_tensors(),
      lambda: dict(grad_bias=torch.ones(3))),
+]
+
+
+# phase 2 (helper robb): layer-wise attacks, security, models
+
+@functools.lru_cache(maxsize=None)
+def _rgap_inputs():
+    """A bias-free cnn6 on one 8x8 image, R-GAP's label and logistic gradients
+    (cached: every refusal below happens before any work touches them)."""
+    net = models.build("cnn6", in_channels=1, image_size=8, seed=0, dtype=F64)
+    x = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=F64)
+    with torch.no_grad():
+        y = torch.tensor([0 if net(x).item() > 0 else 1])
+    return net, tuple(fl.shared_gradients(net, x, y, loss="logistic")), y
+
+
+def _rgap_valid():
+    net, grads, y = _rgap_inputs()
+    return dict(model=net, grads=list(grads), labels=y, input_shape=(1, 8, 8))
+
+
+def _bad_grads(kind):
+    net, grads, _ = _rgap_inputs()
+    return {"zeros": [torch.zeros_like(g) for g in grads], "short": list(grads[:-1]),
+            "none": None, "tensor": grads[0], "nan": [g * math.nan for g in grads],
+            "transposed": [g.transpose(0, 1) for g in grads],
+            "batch": [torch.stack([g, g]) for g in grads]}[kind]
+
+
+def _conv_valid():
+    return dict(conv=torch.nn.Conv2d(1, 2, 3), input_shape=(1, 6, 6))
+
+
+def _audit_valid():
+    return dict(model=models.build("cnn3_c1", in_channels=1, image_size=12, seed=0),
+                input_shape=(1, 12, 12))
+
+
+def _blind_valid():
+    blind = torch.zeros(1, 4, 4, dtype=torch.bool)
+    blind[0, -1] = True
+    return dict(x=torch.rand(1, 4, 4, generator=torch.Generator().manual_seed(0)),
+                blind=blind)
+
+
+_bad_fraction = st.sampled_from([0, 0.5, -1.0, math.nan, math.inf, "0.1", None, True])
+_bad_count = st.sampled_from([-1, 1.5, "3", None, True, math.nan])
+_bad_seed = st.sampled_from([None, "0", 1.5, True, 2 ** 65])
+_bad_shape = st.sampled_from([None, "1x8x8", (1, 0, 8), (1, -8, 8), (1, 8.0, 8),
+                              (True, 8, 8), 8, (1, 16, 16), (2, 8, 8), ()])
+
+BAD += [
+    (rgap, "input_shape", _bad_shape, _rgap_valid),
+    (rgap, "grads", st.sampled_from(["zeros", "short", "none", "tensor", "nan",
+                                     "transposed", "batch"]).map(_bad_grads),
+     _rgap_valid),
+    (rgap, "labels", st.sampled_from([[2], [0, 1], [-1], [0.5], "a",
+                                      torch.tensor([[1]]), torch.tensor([1.0])]),
+     _rgap_valid),
+    (rgap, "branch", st.sampled_from(["medium", None, 1, "Small", ["small"]]),
+     _rgap_valid),
+    (rgap, "clip", _bad_fraction, _rgap_valid),
+    (rgap, "grad_weight", _bad_positive_float, _rgap_valid),
+    (rgap, "dense_limit", _bad_count, _rgap_valid),
+    (rgap, "max_memory_gb", st.sampled_from([0, -1.0, math.nan, "2", None]),
+     _rgap_valid),
+    (rgap, "model", st.sampled_from([None, "cnn6", 3, torch.nn.ReLU()]), _rgap_valid),
+    (copa, "steps", _bad_count, _rgap_valid),
+    (copa, "refresh", _bad_count, _rgap_valid),
+    (copa, "fill", st.sampled_from(["median", True, math.nan, [1], torch.ones(1)]),
+     _rgap_valid),
+    (copa, "start", st.sampled_from(["ones", None, 0]), _rgap_valid),
+    (copa, "tol", st.sampled_from([-1.0, math.nan, "0", None]), _rgap_valid),
+    (copa, "max_time", st.sampled_from([0, -1.0, math.nan, "60", True]), _rgap_valid),
+    (copa, "rank_rtol", _bad_fraction.filter(lambda v: v != 0.5) | st.just(1.0),
+     _rgap_valid),
+    (copa, "input_shape", _bad_shape, _rgap_valid),
+    (copa, "grads", st.sampled_from(["zeros", "short", "batch"]).map(_bad_grads),
+     _rgap_valid),
+    (ls.conv_matrix, "input_shape", st.sampled_from([(2, 6, 6), (1, 6), (1, 0, 6), None,
+                                                     "a", (1, 1, 1), (1, 6, 6, 1)]),
+     _conv_valid),
+    (ls.conv_matrix, "sparse", st.sampled_from([None, 1, "yes"]), _conv_valid),
+    (ls.conv_gradient_matrix, "delta", _garbage_tensors() | st.just(torch.ones(5)),
+     _conv_valid),
+    (ls.unread_pixels, "conv", st.sampled_from([None, torch.nn.Linear(2, 2), "conv"]),
+     lambda: dict(input_shape=(1, 6, 6))),
+    (security.audit, "input_shape", _bad_shape.filter(lambda v: v != (2, 8, 8))
+     | st.just((1, 12)) | st.just((2, 12, 12)), _audit_valid),
+    (security.audit, "seed", _bad_seed, _audit_valid),
+    (security.audit, "rtol", st.sampled_from([0, 1, 2.0, math.nan, -1, "a"]),
+     _audit_valid),
+    (security.audit, "weights", st.sampled_from(["Random", None, 3, "trained"]),
+     _audit_valid),
+    (security.audit, "max_memory_gb", st.sampled_from([0, -1.0, math.nan, "2"]),
+     _audit_valid),
+    (security.audit, "progress", st.sampled_from([1, "yes", 0]), _audit_valid),
+    (security.psnr_cap, "fill", st.sampled_from(["median", None, 3]), _blind_valid),
+    (security.psnr_cap, "x", _garbage_tensors(), _blind_valid),
+    (security.psnr_cap, "blind", st.sampled_from([None, torch.ones(1, 4, 4),
+                                                  torch.zeros(1, 3, 3, dtype=torch.bool),
+                                                  torch.ones(1, 4, 4, dtype=torch.bool)]),
+     _blind_valid),
+    (models.build, "name", st.sampled_from(["vgg16", None, 3, "MLP"]), lambda: dict()),
+    (models.build, "seed", _bad_seed, lambda: dict(name="mlp")),
+    (models.build, "dtype", st.sampled_from([torch.int64, "float32", None, float]),
+     lambda: dict(name="mlp")),
+    (models.build, "widths", st.sampled_from([(0,), (10, 0), 5, "ab", (1.5,), (-1,)]),
+     lambda: dict(name="mlp")),
+    (models.build, "num_classes", st.sampled_from([0, -1, 1.5, True, None]),
+     lambda: dict(name="cnn4_c2")),
+    (models.build, "width", st.sampled_from([0, -3, 2.5]),
+     lambda: dict(name="resnet_tiny")),
+    (models.build, "image_size", st.sampled_from([0, -4, 2.5, "32"]),
+     lambda: dict(name="lenet_dlg")),
+    (hybrid.fill_blind, "how", st.sampled_from(["median", None, True, math.nan]),
+     lambda: dict(image=torch.zeros(1, 2, 2), blind=torch.eye(2, dtype=torch.bool)[None])),
 ]
 
 

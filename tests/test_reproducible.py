@@ -164,6 +164,61 @@ def _tensor_decomposition():
     return [rec.images, rec.stats["weights"], rec.stats["residual"]]
 
 
+def _rgap_case(name="cnn6", size=8, dtype=F64):
+    """One digit, a seeded zoo model and its gradient (logistic for cnn6)."""
+    net = models.build(name, in_channels=1, image_size=size, seed=0, dtype=dtype)
+    x = data.load("digits", 1, seed=1, dtype=dtype, size=size)[0]
+    if name == "cnn6":
+        with torch.no_grad():
+            y = torch.tensor([0 if net(x).item() > 0 else 1])
+        return net, fl.shared_gradients(net, x, y, loss="logistic"), y
+    y = torch.tensor([3])
+    return net, fl.shared_gradients(net, x, y), y
+
+
+def _rgap():
+    from leakbook.attacks import rgap
+    return rgap(*_rgap_case(), input_shape=(1, 8, 8), spectrum=True)
+
+
+def _rgap_float32():
+    from leakbook.attacks import rgap
+    return rgap(*_rgap_case(dtype=torch.float32), input_shape=(1, 8, 8))
+
+
+def _copa():
+    """A rank-deficient net: linear solves, then the preconditioned joint fit."""
+    from leakbook.attacks import copa
+    return copa(*_rgap_case("cnn3_c1", 12), input_shape=(1, 12, 12), steps=30,
+                warmup=5, max_time=None, start="linear", fill="inpaint")
+
+
+def _audit():
+    from leakbook import security
+    net = models.build("cnn4_c2", in_channels=1, image_size=12, seed=0)
+    out = security.audit(net, (1, 12, 12), seed=5)
+    cost = security.estimate_cost(net, (1, 12, 12))
+    return [out, out.to_rows(), out.scores(), cost]
+
+
+def _linear_systems():
+    from leakbook.attacks import linear_systems as ls
+    gen = torch.Generator().manual_seed(0)
+    conv = torch.nn.Conv2d(2, 3, 3, 2, 1).double()
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen, dtype=F64))
+    delta = torch.randn(3, 4, 4, generator=gen, dtype=F64)
+    return [ls.conv_matrix(conv, (2, 7, 7)), ls.conv_gradient_matrix(conv, (2, 7, 7),
+                                                                      delta),
+            ls.unread_pixels(conv, (2, 7, 7))]
+
+
+def _build():
+    return [models.build(name, seed=9, **kw).state_dict() for name, kw in (
+        ("cnn6_d", {}), ("mlp", dict(widths=(5, 3))), ("resnet_tiny", dict(width=4)),
+        ("lenet_dlg", dict(image_size=16)))]
+
+
 CASES: dict[str, Callable] = {
     "fl.shared_gradients[mlp]": _shared("mlp"),
     "fl.shared_gradients[lenet_dlg]": _shared("lenet_dlg"),
@@ -185,6 +240,13 @@ CASES: dict[str, Callable] = {
     "isolation.isolation_probabilities":
         lambda: isolation.isolation_probabilities(6, 1, rows=2000),
     "attacks.tensor_decomposition": _tensor_decomposition,
+    # phase 2: layer-wise attacks, security, models (helper robb)
+    "attacks.rgap": _rgap,
+    "attacks.rgap[float32]": _rgap_float32,
+    "attacks.copa": _copa,
+    "security.audit": _audit,
+    "linear_systems.conv_matrices": _linear_systems,
+    "models.build": _build,
 }
 
 

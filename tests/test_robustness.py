@@ -568,3 +568,221 @@ def test_training_validates_first_and_accuracy_leaves_the_model_alone():
     before = {k: v.clone() for k, v in net.state_dict().items()}
     accuracy(net, x, y)
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+# --- phase 2: layer-wise attacks, security, models, command line (helper robb) -------
+
+def _rgap_inputs(dtype=F64):
+    """A bias-free cnn6 on one 8x8 digit, R-GAP's label, logistic gradients."""
+    net = models.build("cnn6", in_channels=1, image_size=8, seed=0, dtype=dtype)
+    x = data.load("digits", 1, seed=1, dtype=dtype)[0]
+    with torch.no_grad():
+        y = torch.tensor([0 if net(x).item() > 0 else 1])
+    return x, net, fl.shared_gradients(net, x, y, loss="logistic"), y
+
+
+def test_layerwise_attacks_refuse_all_zero_gradients_by_name():
+    """Issue 14: rgap returned a zero image and copa raised ZeroDivisionError."""
+    from leakbook.attacks import copa, rgap
+    _, net, g, y = _rgap_inputs()
+    zeros = [torch.zeros_like(t) for t in g]
+    for attack in (rgap, copa):
+        msg = refuses(lambda: attack(net, zeros, y, input_shape=(1, 8, 8)), "grads",
+                      ValueError)
+        assert "every gradient is zero" in msg
+
+
+def test_layerwise_attacks_refuse_the_gradient_of_a_batch():
+    """Issue 14: a batch-of-2 gradient returned an image (R-GAP inverts B=1)."""
+    from leakbook.attacks import copa, rgap
+    _, net, _, _ = _rgap_inputs()
+    x2 = data.load("digits", 2, seed=4, dtype=F64)[0]
+    g2 = fl.shared_gradients(net, x2, torch.tensor([0, 1]), loss="logistic")
+    refuses(lambda: rgap(net, g2, [0], input_shape=(1, 8, 8)), "grads", ValueError)
+    ce = models.build("cnn3_c1", in_channels=1, image_size=12, seed=0, dtype=F64)
+    xb, yb = data.load("digits", 2, seed=5, size=12, dtype=F64)
+    gb = fl.shared_gradients(ce, xb, yb)
+    for attack in (rgap, copa):
+        msg = refuses(lambda: attack(ce, gb, input_shape=(1, 12, 12)), "grads")
+        assert "one sample" in msg
+
+
+def test_layerwise_attacks_check_branch_shape_labels_and_options_first():
+    """Issue 14: branch="medium" was accepted. Every option is checked before
+    the model is copied or a system solved (a bad option costs no work)."""
+    from leakbook.attacks import copa, recursive, rgap
+    _, net, g, y = _rgap_inputs()
+    for attack in (rgap, copa):
+        refuses(lambda: attack(net, g, y, input_shape=(1, 8, 8), branch="medium"),
+                "branch")
+        refuses(lambda: attack(net, g, y, input_shape=(1, -8, 8)), "input_shape[1]")
+        refuses(lambda: attack(net, g, y, input_shape=(1, 16, 16)), "input_shape")
+        refuses(lambda: attack(net, g, [2], input_shape=(1, 8, 8)), "labels")
+        refuses(lambda: attack(net, g, None, input_shape=(1, 8, 8)), "labels")
+        refuses(lambda: attack(net, g, y, input_shape=(1, 8, 8), clip=0.7), "clip")
+    refuses(lambda: recursive.solve_margin(-0.5), "value")
+    refuses(lambda: recursive.solve_margin(0.1, branch="medium"), "branch")
+    refuses(lambda: copa(net, g, y, input_shape=(1, 8, 8), fill="median"), "fill")
+    refuses(lambda: copa(net, g, y, input_shape=(1, 8, 8), steps=-1), "steps")
+    refuses(lambda: copa(net, g, y, input_shape=(1, 8, 8), max_time=0), "max_time")
+
+
+def test_layerwise_attacks_accept_labels_as_int_list_tensor_or_array():
+    from leakbook.attacks import rgap
+    x, net, g, y = _rgap_inputs()
+    ref = rgap(net, g, y, input_shape=(1, 8, 8))
+    for form in (int(y), [int(y)], y[0], np.array([int(y)]), y.int()):
+        out = rgap(net, g, form, input_shape=(1, 8, 8))
+        assert torch.equal(out.images, ref.images) and torch.equal(out.labels, y)
+        assert out.labels is not y
+    assert float((ref.images - x).abs().max()) < 1e-8
+
+
+def test_dense_matrices_are_estimated_before_they_are_built():
+    """Issue 14, item 4: the dense solvers refuse past a limit, with the estimate
+    in the message, and a keyword raises the limit."""
+    from leakbook.attacks import linear_systems as ls
+    from leakbook.attacks import rgap
+    conv = torch.nn.Conv2d(3, 64, 3, 1, 1)
+    with pytest.raises(MemoryError, match=r"conv_matrix needs a dense 262144x12288 .*"
+                                          r"24\.0 GB, over max_memory_gb=2"):
+        ls.conv_matrix(conv, (3, 64, 64))
+    sparse = ls.conv_matrix(conv, (3, 64, 64), sparse=True)      # the sparse form is fine
+    assert sparse.shape == (262144, 12288) and sparse.is_sparse
+    small = torch.nn.Conv2d(1, 2, 3)
+    with pytest.raises(MemoryError, match="max_memory_gb=1e-06"):
+        ls.conv_gradient_matrix(small, (1, 20, 20), torch.zeros(2, 18, 18),
+                                max_memory_gb=1e-6)
+    assert ls.conv_matrix(small, (1, 20, 20), max_memory_gb=1e-2).shape == (648, 400)
+    x, net, g, y = _rgap_inputs()
+    with pytest.raises(MemoryError, match="this layer's solve needs a dense"):
+        rgap(net, g, y, input_shape=(1, 8, 8), max_memory_gb=1e-6)
+    refuses(lambda: rgap(net, g, y, input_shape=(1, 8, 8), max_memory_gb=0),
+            "max_memory_gb")
+
+
+def test_copa_estimates_its_preconditioner(monkeypatch):
+    from leakbook.attacks import copa, hybrid
+    net = models.build("cnn3_c1", in_channels=1, image_size=12, seed=0, dtype=F64)
+    x = data.load("digits", 1, seed=1, dtype=F64, size=12)[0]
+    g = fl.shared_gradients(net, x, torch.tensor([3]))
+    called = []
+    monkeypatch.setattr(hybrid._JointFit, "preconditioner",
+                        lambda self, x: called.append(1))
+    with pytest.raises(MemoryError, match="Gauss-Newton preconditioner"):
+        copa(net, g, [3], input_shape=(1, 12, 12), max_memory_gb=1e-4, max_time=None)
+    assert not called                                  # refused before it was built
+
+
+def test_the_audit_refuses_3x64x64_from_its_estimate_before_any_work(monkeypatch):
+    """Issue 14: audit on 3x64x64 ran past 90 s and 2.7 GB with no output. Every
+    zoo CNN is refused there from the estimate, before a Gram matrix exists."""
+    from leakbook import security
+    monkeypatch.setattr(security, "layer_gram",
+                        lambda *a, **k: pytest.fail("layer_gram ran"))
+    for name in ("lenet_dlg", "cnn6", "cnn6_d", "cnn2_c1", "cnn3_c1", "cnn4_c2"):
+        with pytest.raises(MemoryError, match=r"about \d+\.\d GB and \d+ min"):
+            security.audit(models.build(name, image_size=64), (3, 64, 64))
+
+
+def test_audit_checks_its_arguments_with_the_validation_layer():
+    from leakbook import security
+    net = models.build("cnn3_c1", in_channels=1, image_size=12, seed=0)
+    refuses(lambda: security.audit(net, (1, 0, 12)), "input_shape[1]")
+    refuses(lambda: security.audit(net, (1, 12.5, 12)), "input_shape[1]", TypeError)
+    refuses(lambda: security.audit(net, "1x12x12"), "input_shape", TypeError)
+    refuses(lambda: security.audit(net, (1, 12)), "input_shape")
+    refuses(lambda: security.audit(net, (2, 12, 12)), "input_shape")
+    refuses(lambda: security.audit(net, (1, 12, 12), seed=1.5), "seed", TypeError)
+    refuses(lambda: security.audit(net, (1, 12, 12), weights="trained"), "weights")
+    refuses(lambda: security.audit(net, (1, 12, 12), progress=1), "progress", TypeError)
+    refuses(lambda: security.rank_bound(torch.nn.Linear(4, 2), (5,)), "in_shape")
+    refuses(lambda: security.numerical_rank(np.ones((2, 3)), 1e-6), "gram")
+    a = security.audit(net, (1, 12, 12), seed=3)
+    b = security.audit(net, (1, 12, 12), seed=3)
+    assert a.to_rows() == b.to_rows() and torch.equal(a.blind, b.blind)
+
+
+def test_build_refuses_zero_size_layers_and_bad_settings_by_name():
+    """Issue 14: build accepted widths=(0,), num_classes=0 and width=0."""
+    refuses(lambda: models.build("mlp", widths=(0,)), "widths[0]")
+    refuses(lambda: models.build("mlp", widths=(8, 0)), "widths[1]")
+    refuses(lambda: models.build("cnn6", num_classes=0), "num_classes")
+    refuses(lambda: models.build("resnet_tiny", width=0), "width")
+    refuses(lambda: models.build("cnn6", widths=(12, 0, 36, 36, 64, 128)), "widths[1]")
+    refuses(lambda: models.build("mlp", seed=0.5), "seed", TypeError)
+    refuses(lambda: models.build("mlp", dtype=torch.int64), "dtype", TypeError)
+    refuses(lambda: models.build("resnet"), "name")
+    refuses(lambda: models.build("mlp", activation="swish"), "activation")
+    refuses(lambda: models.make_activation("gelu"), "activation")
+    # the zoo builders called directly check the same sizes
+    refuses(lambda: models.mlp(widths=(0,)), "widths[0]")
+    refuses(lambda: models.lenet_dlg(num_classes=0), "num_classes")
+    refuses(lambda: models.resnet_tiny(width=0), "width")
+    refuses(lambda: models.cnn4_c2(in_channels=0), "in_channels")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["cnn6", "--input-shape", "-3", "8", "8"], "--input-shape[0] must be a positive"),
+    (["cnn6", "--input-shape", "3", "4096", "4096"], "entries"),
+    (["mlp", "--input-shape", "4000000"], "parameters"),
+    (["cnn6", "--input-shape", "3", "8", "x"], "invalid int value"),
+    (["cnn6"], "required: --input-shape"),
+    (["cnn6", "--input-shape", "3", "8", "8", "--rtol", "2"], "rtol must be less"),
+    (["cnn6", "--input-shape", "3", "8", "9"], "--input-shape must be a square"),
+])
+def test_the_command_line_reports_every_error_in_one_line(capsys, args, message):
+    """Issue 14: bad shapes and huge shapes ended in tracebacks; usage errors now
+    also print one line (no usage block). The thread count is left alone."""
+    from leakbook.__main__ import main
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert main(["audit", *args]) == 2
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err and err.startswith("error: ")
+
+
+def test_the_command_line_main_leaves_the_thread_count_alone(capsys):
+    from leakbook.__main__ import main
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert main(["audit", "cnn3_c1", "--input-shape", "1", "12", "12"]) == 0
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert "COPA index" in capsys.readouterr().out
+
+
+def test_linear_system_helpers_name_their_arguments():
+    from leakbook.attacks import layer_system, layers
+    from leakbook.attacks import linear_systems as ls
+    conv = torch.nn.Conv2d(1, 2, 3)
+    refuses(lambda: ls.conv_matrix(torch.nn.Linear(2, 2), (1, 4, 4)), "conv", TypeError)
+    refuses(lambda: ls.conv_matrix(conv, (1, 2, 2)), "input_shape")
+    refuses(lambda: ls.patch_indices(conv, (1, 4)), "input_shape")
+    refuses(lambda: ls.conv_gradient_matrix(conv, (1, 4, 4), torch.zeros(5)), "delta")
+    refuses(lambda: ls.conv_csr(conv, (1, 4, 4), torch.zeros(3)), "values")
+    refuses(lambda: ls.conv_matrix(torch.nn.Conv2d(2, 2, 3, groups=2), (2, 4, 4)),
+            "conv")
+    refuses(lambda: layers.blocks(torch.nn.Sequential(torch.nn.Linear(4, 2)), (4, 0)),
+            "input_shape[1]")
+    refuses(lambda: layers.blocks(torch.nn.Sequential(conv, torch.nn.MaxPool2d(2)),
+                                  (1, 6, 6)), "model", TypeError)
+    refuses(lambda: layers.Activation(torch.nn.ReLU()), "activation")
+    refuses(lambda: layers.Activation(torch.nn.Tanh(), clip=0.0), "clip")
+    net = torch.nn.Sequential(conv.double(), torch.nn.Tanh(), torch.nn.Flatten(),
+                              torch.nn.Linear(8, 1).double())
+    block = layers.blocks(net, (1, 4, 4))[0]
+    refuses(lambda: layer_system.LayerSystem(block, torch.zeros(3, dtype=F64),
+                                             torch.zeros(2, 1, 3, 3, dtype=F64)),
+            "delta")
+    system = layer_system.LayerSystem(block, torch.ones(2, 2, 2, dtype=F64),
+                                      torch.ones(2, 1, 3, 3, dtype=F64))
+    refuses(lambda: system.solve(rank_rtol=2.0), "rank_rtol")
+    refuses(lambda: system.solve(dense_limit=-1), "dense_limit")

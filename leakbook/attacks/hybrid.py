@@ -40,12 +40,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import checks, threads
 from ..optim import lbfgs
 from .layer_system import LayerSystem
 from .layers import Block
-from .linear_systems import conv_csr, patch_indices
-from .recursive import (_prepare, check_one_sample, invert_head, layer_system,
-                        step_down)
+from .linear_systems import MAX_MEMORY_GB, check_dense, conv_csr, patch_indices
+from .recursive import (_options, _prepare, check_one_sample, invert_head,
+                        layer_system, step_down)
 from .result import Reconstruction
 
 #: how copa and psnr_cap can fill the pixels no gradient depends on
@@ -61,6 +62,11 @@ def reached_inputs(parts: list[Block], top: int) -> torch.Tensor:
     """Mask (*in_shape) of the network input entries that some layer <= top reads
     through a chain of entries that are read in turn (the others reach no gradient
     of those layers, nor their outputs)."""
+    if (not isinstance(parts, (list, tuple)) or not parts
+            or not all(isinstance(b, Block) for b in parts)):
+        checks.fail("parts", "a non-empty list of Block (from attacks.layers.blocks)",
+                    parts, TypeError)
+    top = checks.integer(top, "top", minimum=0, maximum=len(parts) - 1)
     read = torch.ones(parts[top].out_shape, dtype=torch.bool).flatten()
     for j in range(top, -1, -1):
         layer = parts[j].layer
@@ -111,11 +117,13 @@ def fill_blind(image: torch.Tensor, blind: torch.Tensor, how="mean") -> torch.Te
     hole without visible neighbours in its channel falls back to the mean)
     or a number. Returns a new tensor. Taught in chapters 07 and 08.
     """
-    if image.shape != blind.shape or image.dim() != 3:
-        raise ValueError(f"image {tuple(image.shape)} and blind mask "
-                         f"{tuple(blind.shape)} must both be (C, H, W)")
-    if not isinstance(how, (int, float)) and how not in FILLS:
-        raise ValueError(f"fill must be one of {FILLS} or a number, got {how!r}")
+    checks.tensor(image, "image", "float", dims=3, nonempty=True)
+    checks.tensor(blind, "blind", "any", dims=3)
+    if blind.dtype != torch.bool:
+        checks.fail("blind", "a bool mask", blind, TypeError)
+    if blind.shape != image.shape:
+        checks.fail("blind", f"a mask of the image's shape {tuple(image.shape)}", blind)
+    how = _fill(how, "how", allow_none=False)
     out = image.clone()
     if isinstance(how, (int, float)) and not isinstance(how, bool):
         out[blind] = float(how)
@@ -125,7 +133,8 @@ def fill_blind(image: torch.Tensor, blind: torch.Tensor, how="mean") -> torch.Te
         if not bool(hole.any()):
             continue
         if bool(hole.all()):
-            raise ValueError(f"channel {c} is entirely blind: nothing to fill from")
+            raise ValueError(f"blind must leave a visible entry in every channel, got "
+                             f"channel {c} entirely blind: nothing to fill from")
         seen = image[c][~hole]
         if how == "mean":
             out[c][hole] = seen.mean()
@@ -294,6 +303,15 @@ class _JointFit:
         upper = linalg.cholesky(gram, lower=False, overwrite_a=True, check_finite=False)
         return torch.from_numpy(np.ascontiguousarray(upper.T))
 
+    def check_memory(self, max_memory_gb: float) -> None:
+        """MemoryError with the estimate if the dense Jacobian (rows x free) and
+        J^T J (free x free) of ``preconditioner`` pass the limit."""
+        free = len(self.index)
+        rows = math.prod(self.parts[self.top].out_shape) + sum(
+            t.numel() for t in self.targets)
+        check_dense(rows + free, free, "copa's Gauss-Newton preconditioner (set "
+                    "refresh=0 for plain L-BFGS)", max_memory_gb)
+
     # --- the solve --------------------------------------------------------------
     def solve(self, x0, steps, warmup, refresh, max_time, tol):
         """Plain L-BFGS for ``warmup`` steps, then up to ``refresh`` rounds of
@@ -347,7 +365,8 @@ class _JointFit:
                    "seconds": round(time.perf_counter() - start, 3)}
 
 
-def _linear_chain(parts, acts, grads, top, z, delta, grad_weight, dense_limit):
+def _linear_chain(parts, acts, grads, top, z, delta, grad_weight, dense_limit,
+                  max_memory_gb):
     """Minimum-norm linear solves from layer ``top`` (output z - bias, signal
     delta) down to the input."""
     for i in range(top, -1, -1):
@@ -357,29 +376,39 @@ def _linear_chain(parts, acts, grads, top, z, delta, grad_weight, dense_limit):
         else:
             system = LayerSystem(parts[i], delta, grads[parts[i].weight_index], z,
                                  grad_weight)
-        x, _ = system.solve(diagnostics=False, dense_limit=dense_limit)
+        x, _ = system.solve(diagnostics=False, dense_limit=dense_limit,
+                            max_memory_gb=max_memory_gb)
     return x
+
+
+def _fill(how, name: str, allow_none: bool = True):
+    """A fill: one of FILLS, a finite number (not a bool), or None if allowed."""
+    if how is None and allow_none:
+        return None
+    if isinstance(how, str):
+        return checks.choice(how, name, FILLS)
+    if isinstance(how, (int, float, np.number)) and not isinstance(how, (bool, np.bool_)):
+        return checks.number(how, name)
+    listed = ", ".join(repr(f) for f in FILLS)
+    checks.fail(name, f"one of {listed}, a number{' or None' if allow_none else ''}",
+                how, TypeError)
 
 
 def _check_options(steps, warmup, refresh, max_time, fill, start):
     for name, value in (("steps", steps), ("warmup", warmup), ("refresh", refresh)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"{name} must be an int >= 0, got {value!r}")
-    if max_time is not None and not max_time > 0:
-        raise ValueError(f"max_time must be positive seconds or None, got {max_time!r}")
-    if fill is not None and not isinstance(fill, (int, float)) and fill not in FILLS:
-        raise ValueError(f"fill must be one of {FILLS}, a number or None, got {fill!r}")
-    if isinstance(fill, float) and not math.isfinite(fill):
-        raise ValueError(f"fill must be finite, got {fill!r}")
-    if start not in ("zeros", "linear"):
-        raise ValueError(f"start must be 'zeros' or 'linear', got {start!r}")
+        checks.integer(value, name, minimum=0)
+    if max_time is not None:
+        checks.number(max_time, "max_time", above=0, finite=False)
+    _fill(fill, "fill")
+    checks.choice(start, "start", ("zeros", "linear"))
 
 
 def copa(model: nn.Module, grads, labels=None, *, input_shape, steps: int = 1000,
          warmup: int = 50, refresh: int = 4, tol: float = 1e-12,
          max_time: float | None = 120.0, fill="mean", start: str = "zeros",
          grad_weight: float = 10.0, rank_rtol: float = 1e-7, clip: float = 1e-7,
-         dense_limit: int = 6000, branch: str = "small") -> Reconstruction:
+         dense_limit: int = 6000, branch: str = "small",
+         max_memory_gb: float = MAX_MEMORY_GB) -> Reconstruction:
     """COPA-style attack (leakbook's variant; see the module doc) on one sample.
 
     model, grads, labels, input_shape: as for :func:`~leakbook.attacks.rgap`
@@ -405,13 +434,30 @@ def copa(model: nn.Module, grads, labels=None, *, input_shape, steps: int = 1000
     steps=0, else None), ``invisible`` (how many entries reach no
     gradient), ``inferred`` (bool mask (1, *input_shape) of the entries
     that were filled, not recovered) and ``fill`` (how).
+    max_memory_gb: the dense linear solves and the fit's Gauss-Newton
+    preconditioner (a dense Jacobian and J^T J) are estimated first and
+    refused past this limit (MemoryError, with the estimate). The model and
+    the gradients are not changed; the attack computes on one thread.
     """
-    _check_options(steps, warmup, refresh, max_time, fill, start)
-    if not tol >= 0:
-        raise ValueError(f"tol must be >= 0, got {tol!r}")
     t0 = time.perf_counter()
-    dtype = next(model.parameters()).dtype
-    net, parts, acts, grads = _prepare(model, grads, input_shape, clip, branch)
+    _check_options(steps, warmup, refresh, max_time, fill, start)
+    checks.number(tol, "tol", minimum=0)
+    checks.number(rank_rtol, "rank_rtol", above=0, below=1)
+    _options(grad_weight, True, dense_limit, max_memory_gb)
+    net, parts, acts, grads, labels = _prepare(model, grads, input_shape, clip, branch,
+                                               labels)
+    dtype = checks.model_dtype(model)
+    input_shape = tuple(int(s) for s in input_shape)     # checked by _prepare
+    with threads.one_thread():
+        return _copa(parts, acts, grads, labels, input_shape, dtype, t0, steps, warmup,
+                     refresh, tol, max_time, fill, start, grad_weight, rank_rtol,
+                     dense_limit, branch, max_memory_gb)
+
+
+def _copa(parts, acts, grads, labels, input_shape, dtype, t0, steps, warmup, refresh,
+          tol, max_time, fill, start, grad_weight, rank_rtol, dense_limit, branch,
+          max_memory_gb) -> Reconstruction:
+    """The body of :func:`copa`, on checked arguments and a float64 copy."""
     x, delta, head_stats = invert_head(parts[-1], grads, labels, branch)
     layer_stats, top = [{"layer": parts[-1].name, **head_stats}], None
     for i in range(len(parts) - 2, -1, -1):
@@ -423,7 +469,8 @@ def copa(model: nn.Module, grads, labels=None, *, input_shape, steps: int = 1000
             x_i, stats = None, {**counts, "method": "count", "deficiency_bound": short}
         else:
             x_i, stats = system.solve(True, rank_rtol=rank_rtol,
-                                      dense_limit=dense_limit)
+                                      dense_limit=dense_limit,
+                                      max_memory_gb=max_memory_gb)
         if i == len(parts) - 2:
             check_one_sample(head_stats, stats, parts[i].name)
         layer_stats.append({"layer": parts[i].name, **stats})
@@ -437,8 +484,10 @@ def copa(model: nn.Module, grads, labels=None, *, input_shape, steps: int = 1000
     else:
         if start == "linear" or steps == 0:
             linear = _linear_chain(parts, acts, grads, top, z_top, delta_top,
-                                   grad_weight, dense_limit)
+                                   grad_weight, dense_limit, max_memory_gb)
         problem = _JointFit(parts, acts, grads, top, z_top, delta_top)
+        if steps and refresh:
+            problem.check_memory(max_memory_gb)
         x0 = torch.zeros(parts[0].n_in, dtype=torch.float64) if linear is None \
             else linear.clone()
         if steps:
@@ -451,8 +500,9 @@ def copa(model: nn.Module, grads, labels=None, *, input_shape, steps: int = 1000
     if fill is not None and bool(hidden.any()):
         image = fill_blind(image, hidden.reshape(input_shape), fill)
     if not torch.isfinite(image).all():
-        raise ValueError("the reconstruction is not finite")
-    labels_out = None if labels is None else torch.as_tensor(labels).flatten()
+        raise ValueError("grads must give a finite reconstruction, got a non-finite "
+                         "one: a layer's system is singular")
+    labels_out = labels
     if labels_out is None and parts[-1].bias_index is not None:
         labels_out = grads[parts[-1].bias_index].argmin().reshape(1)
     shape = (1, *input_shape)

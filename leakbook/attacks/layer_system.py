@@ -25,8 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import checks, threads
 from .layers import Block
-from .linear_systems import conv_csr, patch_indices
+from .linear_systems import MAX_MEMORY_GB, check_dense, conv_csr, patch_indices
 
 _TINY = 1e-300
 
@@ -42,6 +43,20 @@ class LayerSystem:
     def __init__(self, block: Block, delta: torch.Tensor, grad_w: torch.Tensor,
                  z: torch.Tensor | None = None, grad_weight: float = 10.0,
                  scale: bool = True):
+        if not isinstance(block, Block):
+            checks.fail("block", "a Block (from attacks.layers.blocks)", block, TypeError)
+        out = math.prod(block.out_shape)
+        for name, t, size in (("delta", delta, out), ("z", z, out),
+                              ("grad_w", grad_w, block.layer.weight.numel())):
+            if t is None and name == "z":
+                continue
+            checks.tensor(t, name, "float")
+            if t.numel() != size:
+                raise ValueError(f"{name} must have {size} entries (the block's "
+                                 f"{'weight' if name == 'grad_w' else 'output'}), "
+                                 f"got {checks.describe(t)}")
+        grad_weight = checks.number(grad_weight, "grad_weight", above=0)
+        scale = checks.flag(scale, "scale")
         self.block, self.delta, self.grad_w, self.z = block, delta, grad_w, z
         self.n = block.n_in
         g_norm = float(grad_w.detach().norm())
@@ -49,7 +64,7 @@ class LayerSystem:
         if z is None:
             self.cf = 0.0
         else:
-            z_norm = float(z.norm())
+            z_norm = float(z.detach().norm())
             self.cf = (1.0 / z_norm if scale else 1.0) if z_norm > _TINY else 1.0
 
     # --- counts ---------------------------------------------------------------
@@ -157,7 +172,8 @@ class LayerSystem:
     # --- solving ----------------------------------------------------------------
     def solve(self, diagnostics: bool = True, spectrum: bool = False,
               rank_rtol: float = 1e-7, dense_limit: int = 6000,
-              iterations: int = 300) -> tuple[torch.Tensor, dict]:
+              iterations: int = 300,
+              max_memory_gb: float = MAX_MEMORY_GB) -> tuple[torch.Tensor, dict]:
         """Least-squares x (n,) (the minimum-norm one if the system is rank-deficient).
 
         A Cholesky solve of the normal equations when they are well posed;
@@ -167,24 +183,39 @@ class LayerSystem:
         the condition number and the numerical rank (sv > rank_rtol * sv_max).
         Layers with more than ``dense_limit`` unknowns are solved matrix-free
         by CGLS from x = 0 (which tends to the minimum-norm solution); their
-        rank is only bounded by counting.
+        rank is only bounded by counting. A dense matrix (the normal equations,
+        or N N^T) is estimated first: past ``max_memory_gb`` (three copies
+        during an eigendecomposition) the solve refuses with a MemoryError
+        that gives the estimate; lower ``dense_limit`` to go matrix-free.
+        Runs on one thread (bit-identical at any thread count).
         """
+        diagnostics = checks.flag(diagnostics, "diagnostics")
+        spectrum = checks.flag(spectrum, "spectrum")
+        rank_rtol = checks.number(rank_rtol, "rank_rtol", above=0, below=1)
+        dense_limit = checks.integer(dense_limit, "dense_limit", minimum=0)
+        iterations = checks.integer(iterations, "iterations", minimum=1)
         stats = self.counts()
         rows = stats["gradient_rows"] + stats["forward_rows"]
-        if rows < self.n and rows <= dense_limit and not spectrum and isinstance(
-                self.block.layer, nn.Conv2d):
-            x = self._dual_solve(rank_rtol, stats)
-        elif self.n > dense_limit:
-            x = self._cgls(iterations)
-            stats.update(method="cgls", rank=None,
-                         deficiency_bound=max(0, self.n - rows))
-        else:
-            gram, rhs = self.gram()
-            x = None if spectrum else self._cholesky_solve(
-                gram, rhs, diagnostics, rank_rtol, stats)
-            if x is None:
-                x = self._eigh_solve(gram, rhs, rank_rtol, stats)
-        stats.update(self.residuals(x))
+        dual = rows < self.n and rows <= dense_limit and not spectrum and isinstance(
+            self.block.layer, nn.Conv2d)
+        if dual:
+            check_dense(rows, rows, "this layer's solve", max_memory_gb, copies=3)
+        elif self.n <= dense_limit:
+            check_dense(self.n, self.n, "this layer's solve", max_memory_gb, copies=3)
+        with threads.one_thread():
+            if dual:
+                x = self._dual_solve(rank_rtol, stats)
+            elif self.n > dense_limit:
+                x = self._cgls(iterations)
+                stats.update(method="cgls", rank=None,
+                             deficiency_bound=max(0, self.n - rows))
+            else:
+                gram, rhs = self.gram()
+                x = None if spectrum else self._cholesky_solve(
+                    gram, rhs, diagnostics, rank_rtol, stats)
+                if x is None:
+                    x = self._eigh_solve(gram, rhs, rank_rtol, stats)
+            stats.update(self.residuals(x))
         return x, stats
 
     def _dual_solve(self, rank_rtol, stats) -> torch.Tensor:

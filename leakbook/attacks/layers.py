@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .. import checks
 from .linear_systems import output_shape
 
 ACTIVATION_TYPES = (nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.Identity, nn.ReLU,
@@ -30,15 +31,20 @@ class Activation:
     """
 
     def __init__(self, module: nn.Module | None, clip: float = 1e-7, where: str = ""):
-        self.module, self.clip = module, clip
+        if module is not None and not isinstance(module, nn.Module):
+            checks.fail("module", "an activation module or None", module, TypeError)
+        self.module = module
+        self.clip = checks.number(clip, "clip", above=0, below=0.5)
         kind = "identity" if module is None else type(module).__name__.lower()
         if kind == "leakyrelu" and module.negative_slope <= 0:
             kind = "relu"
         if kind not in ("identity", "leakyrelu", "sigmoid", "tanh"):
-            raise ValueError(f"{where}: {type(module).__name__} is not invertible, "
-                             "so its input cannot be recovered from its output (ReLU "
-                             "erases every negative pre-activation); use LeakyReLU, "
-                             "Sigmoid or Tanh")
+            place = f"{where}: " if where else ""
+            raise ValueError(f"{place}the activation must be invertible (LeakyReLU, "
+                             f"Sigmoid, Tanh or none), got {type(module).__name__}, "
+                             "which is not invertible, so its input cannot be "
+                             "recovered from its output (ReLU erases every negative "
+                             "pre-activation)")
         self.kind = kind
 
     def inverse(self, a: torch.Tensor) -> torch.Tensor:
@@ -90,6 +96,17 @@ class Block:
     out_shape: tuple         # one sample's pre-activation: (O, h, w) or (m,)
     weight_index: int        # position of the weight in model.parameters()
     bias_index: int | None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.layer, (nn.Conv2d, nn.Linear)):
+            checks.fail("layer", "an nn.Conv2d or nn.Linear", self.layer, TypeError)
+        if self.act is not None and not isinstance(self.act, nn.Module):
+            checks.fail("act", "an activation module or None", self.act, TypeError)
+        self.in_shape = checks.shape(self.in_shape, "in_shape", dims=(1, 3))
+        self.out_shape = checks.shape(self.out_shape, "out_shape", dims=(1, 3))
+        self.weight_index = checks.integer(self.weight_index, "weight_index", minimum=0)
+        if self.bias_index is not None:
+            self.bias_index = checks.integer(self.bias_index, "bias_index", minimum=0)
 
     @property
     def n_in(self) -> int:
@@ -146,17 +163,25 @@ def blocks(model: nn.Module, input_shape) -> list[Block]:
     input_shape: one sample's shape, (C, H, W) or (n,). Raises TypeError for
     a layer that is not Conv2d, Linear, Flatten or an elementwise activation.
     """
+    checks.module(model, "model", parameters=False)
+    shape = checks.shape(input_shape, "input_shape")
     index = {id(p): i for i, p in enumerate(model.parameters())}
-    shape, out, pending = tuple(int(s) for s in input_shape), [], None
+    out, pending = [], None
     for name, m in leaves(model, "a layer-wise attack"):
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             if isinstance(m, nn.Linear):
                 if shape != (m.in_features,):
-                    raise ValueError(f"layer {name}: Linear expects {m.in_features} "
-                                     f"inputs but receives shape {shape}")
+                    raise ValueError(f"input_shape must fit the model, got one that "
+                                     f"does not: layer {name}: Linear expects "
+                                     f"{m.in_features} inputs but receives shape {shape}")
                 new = (m.out_features,)
             else:
-                new = output_shape(m, shape)
+                try:
+                    new = output_shape(m, shape)
+                except ValueError as err:
+                    raise ValueError(f"input_shape must fit the model, got one that "
+                                     f"does not: layer {name} receives shape {shape}: "
+                                     f"{err}") from None
             bias = None if m.bias is None else index[id(m.bias)]
             pending = Block(name, m, None, shape, new, index[id(m.weight)], bias)
             out.append(pending)
@@ -165,18 +190,26 @@ def blocks(model: nn.Module, input_shape) -> list[Block]:
             shape = (math.prod(shape),)
         elif isinstance(m, ACTIVATION_TYPES):
             if pending is None or pending.act is not None:
-                raise TypeError(f"layer {name}: an activation must follow a Conv2d "
-                                "or Linear")
+                raise TypeError(f"model must have each activation right after a "
+                                f"Conv2d or Linear, got {type(m).__name__} at layer "
+                                f"{name} after "
+                                f"{'nothing' if pending is None else 'an activation'}")
             pending.act = m
         else:
-            raise TypeError(f"layer {name}: {type(m).__name__} is not supported (only "
-                            "Conv2d, Linear, Flatten and elementwise activations)")
+            raise TypeError(f"model must hold only Conv2d, Linear, Flatten and "
+                            f"elementwise activations, got {type(m).__name__} at layer "
+                            f"{name}, which is not supported")
     if not out or not isinstance(out[-1].layer, nn.Linear):
-        raise TypeError("the network must end with a Linear layer (the head)")
+        last = "no Conv2d or Linear" if not out else type(out[-1].layer).__name__
+        raise TypeError(f"model must end with a Linear layer (the head), got {last}")
     return out
 
 
 def activations_of(blocks_: list[Block], clip: float = 1e-7) -> list[Activation]:
     """The invertible activation of every block but the head (ValueError otherwise)."""
+    if not isinstance(blocks_, (list, tuple)) or not all(isinstance(b, Block)
+                                                          for b in blocks_):
+        checks.fail("blocks_", "a list of Block (from blocks())", blocks_, TypeError)
+    clip = checks.number(clip, "clip", above=0, below=0.5)
     return [Activation(b.act, clip, where=f"layer {b.name}") for b in blocks_[:-1]]
 
