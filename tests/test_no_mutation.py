@@ -510,6 +510,43 @@ CASES += [
 ]
 
 
+def _stats():
+    net = _small()[0]
+    return label_rules.dummy_stats(net, label_rules.noise_dummies((1, 4, 4), 12,
+                                                                  seed=1).double())
+
+
+def _refine_case():
+    net, _, _, g = _small()
+    stats = _stats()
+    mean, cov = label_rules.class_moments(stats)
+    gb = g[3]
+    return (2 * gb, 2, mean, cov, torch.tensor([0, 2]),
+            label_rules.count_lower_bounds(gb, 2))
+
+
+CASES += [
+    Case("labels.llg_plus",
+         lambda: (label_rules.llg_plus, (_grads_list()[2], 2, -0.1,
+                                         torch.zeros(3, dtype=F64)), {})),
+    Case("labels.class_moments", lambda: (label_rules.class_moments, (_stats(),), {})),
+    Case("labels.count_lower_bounds",
+         lambda: (label_rules.count_lower_bounds, (_grads_list()[3], 2), {})),
+    Case("labels.refine_counts", lambda: (label_rules.refine_counts, _refine_case(), {})),
+    Case("labels.span_test",
+         lambda: (label_rules.span_test, (_grads_list()[2], _grads_list()[3], 1), {})),
+    Case("labels.allocate",
+         lambda: (label_rules.allocate, (torch.tensor([[0.9, 0.2], [0.6, 0.1],
+                                                       [0.3, 0.0]], dtype=F64), 2), {})),
+    Case("labels.path_softmax_mean",
+         lambda: (label_rules.path_softmax_mean,
+                  (_fedavg_case()[0], _fedavg_case()[1], _labelled_dummies()[0], 2), {})),
+    Case("exercises.as_int", lambda: (exercises.as_int, (torch.tensor(3),), {})),
+    Case("exercises.as_float", lambda: (exercises.as_float, (np.array([2.5]),), {})),
+    Case("exercises.as_mask", lambda: (exercises.as_mask, (torch.tensor([1, 0]),), {})),
+]
+
+
 @pytest.fixture(autouse=True)
 def _close_figures():
     yield

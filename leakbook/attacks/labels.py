@@ -275,6 +275,8 @@ def count_lower_bounds(gb: torch.Tensor, batch_size: int) -> torch.Tensor:
     a class with a negative bias gradient is in the batch, at least
     ceil(-B dL/db_i) times. This holds for any network and any training stage.
     """
+    checks.tensor(gb, "gb", "float", dims=1, nonempty=True)
+    _check_int(batch_size, "batch_size")
     low = torch.ceil(-batch_size * gb - 1e-6).clamp(min=0).long()
     return low if low.sum() <= batch_size else (gb < 0).long()
 
@@ -575,6 +577,9 @@ def llg_plus(gw: torch.Tensor, batch_size: int, impact: float,
     public port updates a stale index here, so that class is never corrected
     and every remaining label goes to it). Taught in chapter 03.
     """
+    _check_gw(gw)
+    _check_int(batch_size, "batch_size")
+    checks.number(impact, "impact")
     g = gw.sum(1)
     present = sorted((g < 0).nonzero().flatten().tolist(), key=lambda i: float(g[i]))
     return _two_stages(g - torch.as_tensor(offset, dtype=g.dtype), present,
@@ -636,6 +641,10 @@ def span_test(gw: torch.Tensor, gb: torch.Tensor | None, batch_size: int,
     below ``kappa`` times the largest (a sample lost in float32 rounding would
     make the span wrong). Taught in chapter 03.
     """
+    _check_gw(gw, gb)
+    _check_int(batch_size, "batch_size")
+    checks.number(tol, "tol", minimum=0)
+    checks.number(kappa, "kappa", minimum=0)
     num_classes = gw.shape[0]
     excluded = torch.zeros(num_classes, dtype=torch.bool)
     if batch_size > num_classes - 2:
@@ -877,6 +886,8 @@ def allocate(survival: torch.Tensor, batch_size: int) -> torch.Tensor:
     of per-class gains that shrink with k, so giving each of the B labels in
     turn to the class with the largest next gain is optimal. Taught in chapter 03.
     """
+    checks.tensor(survival, "survival", "float", dims=2, nonempty=True)
+    _check_int(batch_size, "batch_size")
     num_classes = survival.shape[0]
     counts = torch.zeros(num_classes, dtype=torch.long)
     rows = torch.arange(num_classes)

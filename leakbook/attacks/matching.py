@@ -339,8 +339,17 @@ def idlg(model: torch.nn.Module, grads, shape, **kwargs) -> Reconstruction:
 # --- inverting gradients -----------------------------------------------------
 
 
+def _check_prior(x, ctx) -> None:
+    """A prior's arguments: images (B, C, H, W) (NaN allowed: a diverging run
+    must reach its own NaN check) and the attack's context dict."""
+    checks.tensor(x, "x", "float", dims=4, finite=False)
+    if not isinstance(ctx, dict):
+        checks.fail("ctx", "a dict (the attack's context)", ctx, TypeError)
+
+
 def total_variation(x: torch.Tensor, ctx: dict) -> torch.Tensor:
     """Anisotropic TV: mean |horizontal differences| + mean |vertical differences|."""
+    _check_prior(x, ctx)
     return ((x[..., :, 1:] - x[..., :, :-1]).abs().mean()
             + (x[..., 1:, :] - x[..., :-1, :]).abs().mean())
 
@@ -352,6 +361,7 @@ def bn_statistics_prior(x: torch.Tensor, ctx: dict) -> torch.Tensor:
     (recorded by hooks in the last forward pass); mu*, var*: ``ctx["bn_targets"]``
     (by default the model's running statistics).
     """
+    _check_prior(x, ctx)
     seen, targets = ctx["bn_seen"], ctx["bn_targets"]
     if not seen:
         raise ValueError("the 'bn' prior needs a model with BatchNorm layers")
@@ -361,6 +371,7 @@ def bn_statistics_prior(x: torch.Tensor, ctx: dict) -> torch.Tensor:
 
 def l2_prior(x: torch.Tensor, ctx: dict) -> torch.Tensor:
     """Mean squared pixel value (a weak pull towards dark images)."""
+    _check_prior(x, ctx)
     return (x ** 2).mean()
 
 
