@@ -646,7 +646,7 @@ def test_bn_prior_helpers_read_the_running_statistics_without_writing_them():
     net, x, y, g = _bn_case()
     before = _buffer_record(net)
     stats = matching.batchnorm_statistics(net, x)
-    d = matching.gradient_distance(net, x, y, g, "cosine")
+    d = matching.gradient_distance(net, x, y, g, "cosine").detach()
     assert len(stats) == len(matching.batchnorm_layers(net)) and float(d) < 1e-6
     assert all(torch.equal(a[2], b[2]) and a[1] == b[1]
                for a, b in zip(_buffer_record(net), before))
