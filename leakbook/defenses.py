@@ -18,7 +18,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from . import checks
 from .checks import check_batch, float_tensor
+from .threads import one_thread
 
 __all__ = ["clip", "gaussian_noise", "relative_noise", "clip_and_noise", "prune",
            "quantize", "global_norm", "DEFENSES", "make_defence", "FederatedTask",
@@ -36,30 +38,22 @@ def _check_update(update) -> list[torch.Tensor]:
         raise TypeError(f"update must be a list of tensors, "
                         f"got {type(update).__name__}") from None
     if not update:
-        raise ValueError("update is empty")
+        checks.fail("update", "a non-empty list of tensors", update)
     return [float_tensor(t, f"update[{i}]") for i, t in enumerate(update)]
 
 
 def _number(value, name: str, low: float = 0.0, strict: bool = False) -> float:
     """A finite float >= low (> low if strict), or a clear error."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        try:
-            value = float(value)
-        except (TypeError, ValueError):
-            raise TypeError(f"{name} must be a number, "
-                            f"got {type(value).__name__}") from None
-    value = float(value)
-    if math.isnan(value) or math.isinf(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    if value < low or (strict and value == low):
-        raise ValueError(f"{name} must be {'>' if strict else '>='} {low}, got {value}")
-    return value
+    if strict:
+        return checks.number(value, name, above=low)
+    return checks.number(value, name, minimum=low)
 
 
 def global_norm(update) -> float:
     """The L2 norm of the whole update, all tensors flattened into one vector."""
     update = _check_update(update)
-    return float(torch.sqrt(sum((t.double() ** 2).sum() for t in update)))
+    with one_thread():  # sums split by thread would differ in the last bits
+        return float(torch.sqrt(sum((t.double() ** 2).sum() for t in update)))
 
 
 def clip(update, max_norm: float) -> list[torch.Tensor]:
@@ -83,7 +77,7 @@ def gaussian_noise(update, sigma: float, seed: int = 0) -> list[torch.Tensor]:
     """
     update = _check_update(update)
     sigma = _number(sigma, "sigma")
-    gen = torch.Generator().manual_seed(int(seed))
+    gen = torch.Generator().manual_seed(checks.seed(seed))
     return [t + sigma * torch.randn(t.shape, generator=gen, dtype=t.dtype)
             for t in update]
 
@@ -98,6 +92,7 @@ def relative_noise(update, ratio: float, seed: int = 0) -> list[torch.Tensor]:
     """
     update = _check_update(update)
     ratio = _number(ratio, "ratio")
+    checks.seed(seed)
     d = sum(t.numel() for t in update)
     return gaussian_noise(update, ratio * global_norm(update) / math.sqrt(d), seed=seed)
 
@@ -116,6 +111,9 @@ def clip_and_noise(update, max_norm: float, noise_multiplier: float,
     Taught in chapter 10.
     """
     z = _number(noise_multiplier, "noise_multiplier")
+    checks.seed(seed)
+    _check_update(update)
+    max_norm = _number(max_norm, "max_norm", strict=True)
     clipped = clip(update, max_norm)
     return gaussian_noise(clipped, z * float(max_norm), seed=seed)
 
@@ -130,9 +128,8 @@ def prune(update, fraction: float, per_tensor: bool = False) -> list[torch.Tenso
     Taught in chapter 10.
     """
     update = _check_update(update)
-    fraction = _number(fraction, "fraction")
-    if not fraction < 1:
-        raise ValueError(f"fraction must lie in [0, 1), got {fraction}")
+    fraction = checks.number(fraction, "fraction", minimum=0, below=1)
+    checks.flag(per_tensor, "per_tensor")
 
     def zero_smallest(flat: torch.Tensor) -> torch.Tensor:
         k = int(round(fraction * flat.numel()))
@@ -159,11 +156,9 @@ def quantize(update, bits: int, stochastic: bool = False,
     A constant tensor is returned unchanged. Taught in chapter 10.
     """
     update = _check_update(update)
-    if isinstance(bits, bool) or not isinstance(bits, int):
-        raise TypeError(f"bits must be an int, got {type(bits).__name__}")
-    if bits < 1:
-        raise ValueError(f"bits must be at least 1, got {bits}")
-    gen = torch.Generator().manual_seed(int(seed))
+    bits = checks.integer(bits, "bits", minimum=1)
+    checks.flag(stochastic, "stochastic")
+    gen = torch.Generator().manual_seed(checks.seed(seed))
     levels = 2 ** bits - 1
     out = []
     for t in update:

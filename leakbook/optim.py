@@ -18,6 +18,9 @@ import numpy as np
 import torch
 from scipy.linalg import solve_triangular
 
+from . import checks
+from .threads import one_thread
+
 
 class _History:
     """L-BFGS curvature pairs in a ring buffer, in the compact (matrix) form.
@@ -73,16 +76,15 @@ class _History:
 
 
 def _check_options(max_iter, history, tol, stall, max_time) -> None:
-    if max_iter is not None and (not isinstance(max_iter, int) or max_iter < 0):
-        raise ValueError(f"max_iter must be None or an integer >= 0, got {max_iter!r}")
-    if not isinstance(history, int) or history < 1:
-        raise ValueError(f"history must be a positive integer, got {history!r}")
-    if not tol >= 0:
-        raise ValueError(f"tol must be >= 0, got {tol!r}")
-    if stall is not None and (not isinstance(stall, int) or stall < 1):
-        raise ValueError(f"stall must be None or a positive integer, got {stall!r}")
-    if max_time is not None and not max_time >= 0:
-        raise ValueError(f"max_time must be None or >= 0 seconds, got {max_time!r}")
+    if max_iter is not None:
+        checks.integer(max_iter, "max_iter", minimum=0,
+                       what="None or an integer >= 0")
+    checks.integer(history, "history", minimum=1, what="a positive integer")
+    checks.number(tol, "tol", minimum=0)
+    if stall is not None:
+        checks.integer(stall, "stall", minimum=1, what="None or a positive integer")
+    if max_time is not None:
+        checks.number(max_time, "max_time", minimum=0, finite=False)
 
 
 def lbfgs(fun: Callable, z0: torch.Tensor, max_iter: int | None = 500,
@@ -100,7 +102,20 @@ def lbfgs(fun: Callable, z0: torch.Tensor, max_iter: int | None = 500,
     Status "diverged" means f became NaN/infinite or grew 1e6-fold; "line
     search failed" that 25 backtracking steps found no decrease.
     """
+    checks.function(fun, "fun")
+    checks.tensor(z0, "z0", "float", nonempty=True)
     _check_options(max_iter, history, tol, stall, max_time)
+    if callback is not None:
+        checks.function(callback, "callback")
+    stall_decrease = checks.number(stall_decrease, "stall_decrease", minimum=0,
+                                   below=1)
+    with one_thread():
+        return _lbfgs(fun, z0, max_iter, history, tol, stall, max_time, callback,
+                      stall_decrease)
+
+
+def _lbfgs(fun, z0, max_iter, history, tol, stall, max_time, callback,
+           stall_decrease) -> dict:
     start = time.perf_counter()
     z = z0.detach().to(torch.float64).flatten().clone()
     f, g = fun(z)

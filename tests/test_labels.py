@@ -139,7 +139,7 @@ def test_bad_inputs(digits):
         L.recover(model, g, 11, "yin")
     with pytest.raises(TypeError, match="int"):
         L.recover(model, g, 2.0, "llg")
-    with pytest.raises(ValueError, match="unknown method"):
+    with pytest.raises(ValueError, match="method must be one of"):
         L.recover(model, g, 4, "dlg")
     with pytest.raises(ValueError, match="another model"):
         L.recover(models.build("mlp", seed=0, widths=(30,)), g, 4, "llg")

@@ -465,6 +465,225 @@ CASES = [
 ]
 
 
+# --- phase 2 (helper roba): matching, labels, fedavg, optim, defenses, exercises --
+
+from leakbook import defenses, exercises, optim  # noqa: E402
+from leakbook.attacks import fedavg as fedavg_attack  # noqa: E402
+from leakbook.attacks import labels as label_rules  # noqa: E402
+from leakbook.attacks import matching  # noqa: E402
+
+
+def _small(dtype=F64):
+    """A float64 MLP on 1 x 4 x 4 inputs with 3 classes, and its gradient on 2 images."""
+    net = models.build("mlp", in_features=16, widths=(6,), num_classes=3, seed=0,
+                       dtype=dtype)
+    x = torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    y = torch.tensor([0, 2])
+    return net, x, y, fl.shared_gradients(net, x, y)
+
+
+def _bn_grads(n=2):
+    net = _bn_net()
+    x = torch.rand(n, 1, 8, 8, generator=torch.Generator().manual_seed(4))
+    y = torch.arange(n) % 10
+    return net, x, y, fl.shared_gradients(net, x, y)
+
+
+def _ctx():
+    net, x, _, _ = _bn_grads()
+    stats = matching.batchnorm_statistics(net, x)
+    return {"bn_seen": stats, "bn_targets": [(m + 1, v + 1) for m, v in stats]}
+
+
+def _one_sample():
+    net, x, y, _ = _small()
+    return net, fl.shared_gradients(net, x[:1], y[:1])
+
+
+def _labelled_dummies(n=24):
+    x = torch.rand(n, 1, 4, 4, generator=torch.Generator().manual_seed(7), dtype=F64)
+    return x, torch.arange(n) % 3
+
+
+def _fedavg_case():
+    net, x, y, _ = _small()
+    update = fl.client_update(net, x, y, lr=0.5, local_steps=2)
+    return net, update, tuple(x.shape), y
+
+
+def _quad(z):
+    return float((z ** 2).sum()), 2 * z
+
+
+def _tv_answer(img):
+    return ((img[..., :, 1:] - img[..., :, :-1]).abs().mean()
+            + (img[..., 1:, :] - img[..., :-1, :]).abs().mean())
+
+
+def _grads_list():
+    return _small()[3]
+
+
+CASES += [
+    # attacks.matching (chapters 04, 05)
+    Case("matching.dlg", lambda: (matching.dlg, (_small()[0], _small()[3], (2, 1, 4, 4)),
+                                  {"max_iter": 3})),
+    Case("matching.dlg[batchnorm, labels]",
+         lambda: (matching.dlg, (_bn_grads()[0], _bn_grads()[3], (2, 1, 8, 8)),
+                  {"labels": torch.tensor([0, 1]), "max_iter": 2,
+                   "dtype": torch.float32})),
+    Case("matching.idlg", lambda: (matching.idlg, (*_one_sample(), (1, 1, 4, 4)),
+                                   {"max_iter": 2})),
+    Case("matching.inverting_gradients[batchnorm, bn prior]",
+         lambda: (matching.inverting_gradients,
+                  (_bn_grads()[0], _bn_grads()[3], (2, 1, 8, 8), torch.tensor([0, 1])),
+                  {"iterations": 2, "regularizers": {"tv": 1e-3, "bn": 1e-2}})),
+    Case("matching.gradient_distance[batchnorm]",
+         lambda: (matching.gradient_distance,
+                  (_bn_grads()[0], torch.rand(2, 1, 8, 8), torch.tensor([0, 1]),
+                   _bn_grads()[3]), {"distance": "cosine"})),
+    Case("matching.l2_distance", lambda: (matching.l2_distance,
+                                          (_grads_list(), _grads_list()),
+                                          {})),
+    Case("matching.cosine_distance",
+         lambda: (matching.cosine_distance, (_grads_list(), _grads_list()), {})),
+    Case("matching.total_variation",
+         lambda: (matching.total_variation, (_images(),), {"ctx": {}})),
+    Case("matching.l2_prior", lambda: (matching.l2_prior, (_images(), {}), {})),
+    Case("matching.bn_statistics_prior",
+         lambda: (matching.bn_statistics_prior, (_images(), _ctx()), {})),
+    Case("matching.batchnorm_layers", lambda: (matching.batchnorm_layers, (_bn_net(),), {}),
+         may_alias=True),  # returns the model's own layers
+    Case("matching.batchnorm_statistics[train mode]",
+         lambda: (matching.batchnorm_statistics, (_bn_net(), torch.rand(3, 1, 8, 8)), {})),
+    # attacks.labels (chapter 03)
+    *[Case(f"labels.recover[{m}]",
+           lambda m=m: (label_rules.recover, (*_one_sample(), 1), {"method": m}))
+      for m in ("idlg", "yin", "llg")],
+    Case("labels.recover[llg+]",
+         lambda: (label_rules.recover, (*_small()[::3], 2),
+                  {"method": "llg+", "input_shape": (1, 4, 4), "num_dummies": 8,
+                   "repeats": 1})),
+    Case("labels.recover[llg*]",
+         lambda: (label_rules.recover, (*_small()[::3], 2),
+                  {"method": "llg*", "dummies": _labelled_dummies()[0],
+                   "dummy_labels": _labelled_dummies()[1], "shadow_epochs": 1,
+                   "repeats": 1})),
+    Case("labels.recover[geng, batchnorm]",  # issue 14: 15 BN buffers changed
+         lambda: (label_rules.recover, (*_bn_grads(4)[::3], 4),
+                  {"method": "geng", "input_shape": (1, 8, 8), "num_dummies": 16})),
+    Case("labels.recover[geng, refine]",
+         lambda: (label_rules.recover, (*_small()[::3], 2),
+                  {"method": "geng", "input_shape": (1, 4, 4), "num_dummies": 16,
+                   "refine": True})),
+    Case("labels.idlg",
+         lambda: (label_rules.idlg, (_grads_list()[2], _grads_list()[3]), {})),
+    Case("labels.yin", lambda: (label_rules.yin, (_grads_list()[2], 2), {})),
+    Case("labels.llg", lambda: (label_rules.llg, (_grads_list()[2], 2), {})),
+    Case("labels.geng",
+         lambda: (label_rules.geng, (_grads_list()[2], _grads_list()[3], 2,
+                                     torch.full((3,), 1 / 3, dtype=F64)), {})),
+    Case("labels.counts_to_labels",
+         lambda: (label_rules.counts_to_labels, (torch.tensor([0.4, 2.6, -1.0]), 3), {})),
+    Case("labels.noise_dummies", lambda: (label_rules.noise_dummies, ((1, 4, 4), 5), {})),
+    Case("labels.dummy_stats[batchnorm]",
+         lambda: (label_rules.dummy_stats, (_bn_net(), torch.rand(4, 1, 8, 8)), {})),
+    Case("labels.last_linear", lambda: (label_rules.last_linear, (_small()[0],), {}),
+         may_alias=True),  # the model's own layer
+    Case("labels.last_layer_grads", lambda: (label_rules.last_layer_grads,
+                                             _small()[::3], {}),
+         may_alias=True),  # float64 gradients come back as they are (no copy)
+    Case("labels.impact_offset[batchnorm]",
+         lambda: (label_rules.impact_offset, (_bn_net(), torch.rand(6, 1, 8, 8), 2),
+                  {"repeats": 1})),
+    Case("labels.shadow_model",
+         lambda: (label_rules.shadow_model, (_small()[0], *_labelled_dummies()),
+                  {"epochs": 1})),
+    Case("labels.draw_labels", lambda: (label_rules.draw_labels, (6, 3, 0.5), {})),
+    Case("labels.sample_batch",
+         lambda: (label_rules.sample_batch, (*_labelled_dummies(), [0, 2]), {})),
+    Case("labels.recover_fedavg",
+         lambda: (label_rules.recover_fedavg, (_fedavg_case()[0], _fedavg_case()[1], 2),
+                  {"lr": 0.5, "local_steps": 2, "path": "interpolate",
+                   "input_shape": (1, 4, 4), "num_dummies": 8})),
+    # attacks.fedavg (chapter 06)
+    Case("fedavg.invert_fedavg",
+         lambda: (fedavg_attack.invert_fedavg, _fedavg_case(),
+                  {"lr": 0.5, "local_steps": 2, "iterations": 2})),
+    Case("fedavg.invert_pairs",
+         lambda: (fedavg_attack.invert_pairs,
+                  ([(_small()[0], _small()[3])], (2, 1, 4, 4), torch.tensor([0, 2])),
+                  {"iterations": 2, "optimizer": "adam"})),
+    Case("fedavg.simulate_update[batchnorm]",
+         lambda: (fedavg_attack.simulate_update, _bn_grads()[:3],
+                  {"lr": 0.1, "local_steps": 2})),
+    Case("fedavg.schedule", lambda: (fedavg_attack.schedule, (5, 3, 2), {})),
+    Case("fedavg.as_gradient",
+         lambda: (fedavg_attack.as_gradient, (_fedavg_case()[1], 0.5, 2), {})),
+    # optim
+    Case("optim.lbfgs", lambda: (optim.lbfgs, (_quad, torch.ones(3, dtype=F64)),
+                                 {"max_iter": 5})),
+    # defenses (chapter 10)
+    Case("defenses.global_norm", lambda: (defenses.global_norm, (_updates()[1],), {})),
+    Case("defenses.clip", lambda: (defenses.clip, (_updates()[2], 1.0), {})),
+    Case("defenses.clip[inside the ball]",
+         lambda: (defenses.clip, (_updates()[1], 1e6), {})),
+    Case("defenses.gaussian_noise", lambda: (defenses.gaussian_noise, (_updates()[1], 0.1),
+                                             {"seed": 3})),
+    Case("defenses.relative_noise", lambda: (defenses.relative_noise, (_updates()[1], 0.5),
+                                             {})),
+    Case("defenses.clip_and_noise",
+         lambda: (defenses.clip_and_noise, (_updates()[2], 1.0, 0.5), {"seed": 1})),
+    Case("defenses.prune", lambda: (defenses.prune, (_grads_list(), 0.5), {})),
+    Case("defenses.quantize[stochastic]",
+         lambda: (defenses.quantize, (_grads_list(), 3), {"stochastic": True})),
+    # exercises: the checks leave the learner's answer alone
+    Case("exercises.check[answer function]",
+         lambda: (exercises.check, ("ch05-ex-tv", _tv_answer), {})),
+    Case("exercises.as_tensor", lambda: (exercises.as_tensor, (_images(),), {})),
+    Case("exercises.close", lambda: (exercises.close, (_images(), _images()), {})),
+    Case("exercises.same_multiset",
+         lambda: (exercises.same_multiset, (torch.tensor([2, 1]), [1, 2]), {})),
+]
+
+
+def _stats():
+    net = _small()[0]
+    return label_rules.dummy_stats(net, label_rules.noise_dummies((1, 4, 4), 12,
+                                                                  seed=1).double())
+
+
+def _refine_case():
+    net, _, _, g = _small()
+    stats = _stats()
+    mean, cov = label_rules.class_moments(stats)
+    gb = g[3]
+    return (2 * gb, 2, mean, cov, torch.tensor([0, 2]),
+            label_rules.count_lower_bounds(gb, 2))
+
+
+CASES += [
+    Case("labels.llg_plus",
+         lambda: (label_rules.llg_plus, (_grads_list()[2], 2, -0.1,
+                                         torch.zeros(3, dtype=F64)), {})),
+    Case("labels.class_moments", lambda: (label_rules.class_moments, (_stats(),), {})),
+    Case("labels.count_lower_bounds",
+         lambda: (label_rules.count_lower_bounds, (_grads_list()[3], 2), {})),
+    Case("labels.refine_counts", lambda: (label_rules.refine_counts, _refine_case(), {})),
+    Case("labels.span_test",
+         lambda: (label_rules.span_test, (_grads_list()[2], _grads_list()[3], 1), {})),
+    Case("labels.allocate",
+         lambda: (label_rules.allocate, (torch.tensor([[0.9, 0.2], [0.6, 0.1],
+                                                       [0.3, 0.0]], dtype=F64), 2), {})),
+    Case("labels.path_softmax_mean",
+         lambda: (label_rules.path_softmax_mean,
+                  (_fedavg_case()[0], _fedavg_case()[1], _labelled_dummies()[0], 2), {})),
+    Case("exercises.as_int", lambda: (exercises.as_int, (torch.tensor(3),), {})),
+    Case("exercises.as_float", lambda: (exercises.as_float, (np.array([2.5]),), {})),
+    Case("exercises.as_mask", lambda: (exercises.as_mask, (torch.tensor([1, 0]),), {})),
+]
+
+
 @pytest.fixture(autouse=True)
 def _close_figures():
     yield

@@ -639,6 +639,212 @@ BAD += [
 ]
 
 
+# --- phase 2 (helper roba): matching, labels, optim, defenses -----------------------
+
+from leakbook import defenses, optim  # noqa: E402
+from leakbook.attacks import fedavg as fedavg_attack  # noqa: E402
+from leakbook.attacks import labels as label_rules  # noqa: E402
+from leakbook.attacks import matching  # noqa: E402
+
+
+@profile(25)
+@given(small_classifier_batches())
+def test_idlg_reads_the_label_of_one_sample_exactly_on_any_model(case):
+    """B = 1 with a bias: dL/db = p - e_y is negative only at the true class."""
+    net, x, y = case
+    grads = fl.shared_gradients(net, x[:1], y[:1])
+    assert label_rules.recover(net, grads, 1, "idlg").tolist() == [int(y[0])]
+
+
+@profile(20)
+@given(small_classifier_batches(), st.sampled_from(["l2", "cosine"]))
+def test_the_gradient_distance_is_zero_at_the_true_batch(case, distance):
+    net, x, y = case
+    target = fl.shared_gradients(net, x, y)
+    d = float(matching.gradient_distance(net, x, y, target, distance).detach())
+    assert abs(d) <= 1e-12 * max(1.0, float(sum((t * t).sum() for t in target)))
+
+
+@profile(40)
+@given(updates(clients=1), st.floats(1e-3, 1e3))
+def test_clip_never_increases_a_norm_and_keeps_the_direction(ups_w, max_norm):
+    (update,), _ = ups_w
+    before = defenses.global_norm(update)
+    out = defenses.clip(update, max_norm)
+    after = defenses.global_norm(out)
+    assert after <= before * (1 + 1e-12) and after <= max_norm * (1 + 1e-12)
+    scale = after / before
+    assert all(torch.allclose(o, u * scale, rtol=1e-12, atol=1e-300)
+               for o, u in zip(out, update))
+
+
+@profile(40)
+@given(updates(clients=1), st.integers(1, 30))
+def test_quantize_error_is_at_most_half_a_step_and_vanishes_with_many_bits(ups_w, bits):
+    (update,), _ = ups_w
+    out = defenses.quantize(update, bits)
+    for o, t in zip(out, update):
+        step = float(t.max() - t.min()) / (2 ** bits - 1)
+        assert float((o - t).abs().max()) <= step / 2 * (1 + 1e-9) + 1e-15
+        assert len(torch.unique(o)) <= 2 ** bits
+
+
+@profile(40)
+@given(updates(clients=1), st.floats(0.0, 0.99), st.booleans())
+def test_prune_zeroes_the_fraction_of_smallest_entries_and_keeps_the_rest(
+        ups_w, fraction, per_tensor):
+    (update,), _ = ups_w
+    out = defenses.prune(update, fraction, per_tensor=per_tensor)
+    groups = [(o.flatten(), t.flatten()) for o, t in zip(out, update)] if per_tensor \
+        else [(torch.cat([o.flatten() for o in out]),
+               torch.cat([t.flatten() for t in update]))]
+    for o, t in groups:
+        pruned = o != t
+        assert int(pruned.sum()) <= round(fraction * t.numel())
+        assert int((o == 0).sum()) >= round(fraction * t.numel())
+        kept = o != 0
+        if kept.any() and (~kept).any():  # no kept entry is smaller than a pruned one
+            assert float(t[kept].abs().min()) >= float(t[~kept].abs().max())
+
+
+@profile(30)
+@given(updates(clients=1), st.integers(0, 2 ** 31))
+def test_noise_of_zero_is_the_identity_and_a_seed_repeats_its_noise(ups_w, seed):
+    (update,), _ = ups_w
+    assert all(torch.equal(o, u) for o, u in
+               zip(defenses.gaussian_noise(update, 0.0, seed=seed), update))
+    a = defenses.gaussian_noise(update, 0.5, seed=seed)
+    b = defenses.gaussian_noise(update, 0.5, seed=seed)
+    assert all(torch.equal(p, q) for p, q in zip(a, b))
+
+
+@profile(40)
+@given(st.lists(st.floats(-3.0, 20.0), min_size=1, max_size=8), st.integers(1, 30))
+def test_counts_to_labels_returns_exactly_b_labels_of_the_given_classes(counts, b):
+    out = label_rules.counts_to_labels(torch.tensor(counts, dtype=F64), b)
+    assert len(out) == b and out.dtype == torch.long
+    assert int(out.min()) >= 0 and int(out.max()) < len(counts)
+    assert torch.equal(out, out.sort().values)
+
+
+@profile(20)
+@given(st.integers(1, 8), st.integers(0, 10 ** 6), st.integers(1, 10))
+def test_lbfgs_finds_the_minimum_of_a_convex_quadratic(n, seed, history):
+    gen = torch.Generator().manual_seed(seed)
+    a = torch.randn(n, n, generator=gen, dtype=F64)
+    h = a @ a.T / n + torch.eye(n, dtype=F64)  # eigenvalues >= 1: well conditioned
+    s = torch.randn(n, generator=gen, dtype=F64)  # the minimum, where f = 0
+    run = optim.lbfgs(lambda z: (float((z - s) @ h @ (z - s) / 2), h @ (z - s)),
+                      torch.zeros(n, dtype=F64), max_iter=300, history=history,
+                      stall=None, tol=1e-14)
+    assert run["status"] == "converged"
+    assert torch.allclose(run["z"], s, rtol=1e-5, atol=1e-6)
+    assert run["history"] == sorted(run["history"], reverse=True)  # never goes up
+
+
+def _tiny():
+    net = models.build("mlp", in_features=16, widths=(4,), num_classes=3, seed=0)
+    x = torch.rand(1, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    return net, fl.shared_gradients(net, x, torch.tensor([2]))
+
+
+def _tiny_attack():
+    net, g = _tiny()
+    return dict(model=net, grads=g, shape=(1, 1, 4, 4), max_iter=1)
+
+
+def _tiny_ig():
+    net, g = _tiny()
+    return dict(model=net, grads=g, shape=(1, 1, 4, 4), labels=torch.tensor([2]),
+                iterations=1)
+
+
+def _tiny_recover():
+    net, g = _tiny()
+    return dict(model=net, grads=g, batch_size=1)
+
+
+def _quadratic():
+    return dict(fun=lambda z: (float((z ** 2).sum()), 2 * z), z0=torch.ones(2, dtype=F64),
+                max_iter=2)
+
+
+def _u():
+    return [torch.ones(2, 3), torch.ones(3)]
+
+
+_bad_seed = st.sampled_from([None, "0", 1.5, True, 2 ** 65])
+_bad_shape = st.sampled_from([None, (1, 1, 4), (0, 1, 4, 4), (1, 1, 4, 4.0), "abcd",
+                              (1, -1, 4, 4), 7])
+_bad_labels = st.sampled_from([[0.5], torch.tensor([0, 1]), torch.tensor([[0]]), "a",
+                               torch.tensor([5]), torch.tensor([-1]), torch.tensor([0.0]),
+                               torch.tensor([True])])
+_bad_fraction = st.sampled_from([1.0, -0.1, math.nan, "0.5", None, True, 2.0])
+
+BAD += [
+    (matching.dlg, "shape", _bad_shape, _tiny_attack),
+    (matching.dlg, "labels", _bad_labels, _tiny_attack),
+    (matching.dlg, "restarts", _bad_positive_int, _tiny_attack),
+    (matching.dlg, "history", _bad_positive_int, _tiny_attack),
+    (matching.dlg, "rel_tol", st.sampled_from([-1.0, math.nan, "a", None, True]),
+     _tiny_attack),
+    (matching.dlg, "init", st.sampled_from(["grey", None, 3, "Gray"]), _tiny_attack),
+    (matching.dlg, "seed", _bad_seed, _tiny_attack),
+    (matching.dlg, "dtype", st.sampled_from([None, torch.int64, "float32", float]),
+     _tiny_attack),
+    (matching.idlg, "shape", _bad_shape, _tiny_attack),
+    (matching.inverting_gradients, "labels", _bad_labels, _tiny_ig),
+    (matching.inverting_gradients, "lr", _bad_positive_float, _tiny_ig),
+    (matching.inverting_gradients, "iterations",
+     st.sampled_from(["3", 2.5, True, 0, -1, [2], math.nan]), _tiny_ig),
+    (matching.inverting_gradients, "restarts", _bad_positive_int, _tiny_ig),
+    (matching.inverting_gradients, "regularizers",
+     st.sampled_from([{"tv": -1.0}, {"tv": math.nan}, "tv", [("tv", 1.0)], 3]), _tiny_ig),
+    (matching.inverting_gradients, "signed", st.sampled_from([1, None, "yes"]), _tiny_ig),
+    (matching.gradient_distance, "distance", st.sampled_from(["l1", None, 3, "L2"]),
+     lambda: dict(model=_tiny()[0], x=torch.rand(1, 1, 4, 4), y=torch.tensor([2]),
+                  target=_tiny()[1])),
+    (label_rules.recover, "method", st.sampled_from([None, "dlg", "IDLG", 3, ["idlg"]]),
+     _tiny_recover),
+    (label_rules.recover, "batch_size", st.sampled_from([0, -1, 2.0, "2", True, None]),
+     _tiny_recover),
+    (label_rules.recover, "seed", _bad_seed, _tiny_recover),
+    (label_rules.noise_dummies, "input_shape",
+     st.sampled_from([None, (0, 4, 4), "abc", (1, -1), 3]), lambda: dict(num=2)),
+    (label_rules.draw_labels, "duplicate_share",
+     st.sampled_from([-0.1, 1.5, math.nan, "a"]), lambda: dict(batch_size=4)),
+    (fedavg_attack.simulate_update, "lr", st.sampled_from([0, -1.0, math.nan, "a", None]),
+     lambda: dict(model=_tiny()[0], x=torch.rand(2, 1, 4, 4), y=torch.tensor([0, 1]),
+                  local_steps=1)),
+    (optim.lbfgs, "max_iter", st.sampled_from([-1, 2.5, "3", True]), _quadratic),
+    (optim.lbfgs, "history", _bad_positive_int, _quadratic),
+    (optim.lbfgs, "tol", st.sampled_from([-1.0, math.nan, "a", None, True]), _quadratic),
+    (optim.lbfgs, "stall", st.sampled_from([0, -1, 2.5, "3", True]), _quadratic),
+    (optim.lbfgs, "max_time", st.sampled_from([-1.0, math.nan, "1", True]), _quadratic),
+    (optim.lbfgs, "z0", st.sampled_from([None, torch.zeros(0, dtype=F64),
+                                         torch.tensor([math.nan]),
+                                         torch.ones(2, dtype=torch.long), [1.0]]),
+     _quadratic),
+    (defenses.clip, "update", st.sampled_from([None, torch.ones(3), [], "ab", 3,
+                                               [torch.tensor([math.nan])],
+                                               [torch.ones(2, dtype=torch.long)]]),
+     lambda: dict(max_norm=1.0)),
+    (defenses.clip, "max_norm", _bad_positive_float, lambda: dict(update=_u())),
+    (defenses.gaussian_noise, "sigma", st.sampled_from([-0.1, math.nan, math.inf, "a",
+                                                        None, True]),
+     lambda: dict(update=_u())),
+    (defenses.gaussian_noise, "seed", _bad_seed, lambda: dict(update=_u(), sigma=0.1)),
+    (defenses.clip_and_noise, "noise_multiplier",
+     st.sampled_from([-0.1, math.nan, "a", None]),
+     lambda: dict(update=_u(), max_norm=1.0)),
+    (defenses.prune, "fraction", _bad_fraction, lambda: dict(update=_u())),
+    (defenses.quantize, "bits", st.sampled_from([0, -1, 2.5, "3", True, None]),
+     lambda: dict(update=_u())),
+    (defenses.quantize, "stochastic", st.sampled_from([1, None, "yes"]),
+     lambda: dict(update=_u(), bits=2)),
+]
+
+
 @pytest.mark.parametrize("fn, arg, bad, valid", BAD,
                          ids=[f"{f.__name__}-{a}" for f, a, _, _ in BAD])
 def test_every_bad_argument_is_refused_by_name(fn, arg, bad, valid):

@@ -250,6 +250,113 @@ CASES: dict[str, Callable] = {
 }
 
 
+# --- phase 2 (helper roba): matching, labels, fedavg, optim, defenses ------------
+
+def _conv(seed=3):
+    """A conv net with BatchNorm (oneDNN sums split by thread) and its gradient."""
+    net = models.build("resnet_tiny", in_channels=1, image_size=8, width=4, seed=seed)
+    x, y = _digits(2)
+    return net, x, y, fl.shared_gradients(net, x, y)
+
+
+def _dlg():
+    from leakbook.attacks import matching
+    net = models.build("mlp", in_features=64, widths=(8,), num_classes=4, seed=0,
+                       dtype=F64)
+    x, y = _digits(1, F64)
+    y = y % 4
+    rec = matching.dlg(net, fl.shared_gradients(net, x, y), (1, 1, 8, 8), max_iter=10,
+                       restarts=2)
+    return [rec.images, rec.labels, rec.loss_history, rec.stats["run_distances"]]
+
+
+def _idlg_conv():
+    from leakbook.attacks import matching
+    net, x, y, g = _conv()
+    rec = matching.idlg(net, [t[:] for t in g], (2, 1, 8, 8), max_iter=4,
+                        dtype=torch.float32)
+    return [rec.images, rec.labels, rec.loss_history]
+
+
+def _inverting_gradients():
+    from leakbook.attacks import matching
+    net, x, y, g = _conv()
+    rec = matching.inverting_gradients(net, g, (2, 1, 8, 8), y, iterations=4,
+                                       restarts=2, regularizers={"tv": 1e-3, "bn": 1e-2})
+    return [rec.images, rec.loss_history, rec.stats["run_distances"]]
+
+
+def _gradient_distance():
+    from leakbook.attacks import matching
+    net, x, y, g = _conv()
+    x_hat = torch.rand(x.shape, generator=torch.Generator().manual_seed(2))
+    return [matching.gradient_distance(net, x_hat, y, g, "cosine").detach(),
+            matching.batchnorm_statistics(net, x)]
+
+
+def _recover(method, **kw):
+    def run():
+        from leakbook.attacks import labels
+        net, x, y, g = _conv()
+        return labels.recover(net, g, 2, method, **kw)
+    return run
+
+
+def _recover_fedavg():
+    from leakbook.attacks import labels
+    net = models.build("mlp", in_features=64, widths=(8,), seed=0)
+    x, y = _digits(4)
+    update = fl.client_update(net, x, y, lr=0.5, local_steps=2)
+    return labels.recover_fedavg(net, update, 4, lr=0.5, local_steps=2,
+                                 input_shape=(1, 8, 8), num_dummies=16)
+
+
+def _invert_fedavg():
+    from leakbook.attacks import fedavg
+    net = models.build("lenet_dlg", in_channels=1, image_size=8, seed=1, dtype=F64)
+    x, y = _digits(2, F64)
+    update = fl.client_update(net, x, y, lr=0.1, local_steps=2)
+    rec = fedavg.invert_fedavg(net, update, (2, 1, 8, 8), y, lr=0.1, local_steps=2,
+                               iterations=3)
+    return [rec.images, rec.loss_history, rec.stats["run_distances"]]
+
+
+def _lbfgs():
+    from leakbook import optim
+    a = torch.randn(40, 40, generator=torch.Generator().manual_seed(0), dtype=F64)
+    h = a @ a.T + torch.eye(40, dtype=F64)
+    run = optim.lbfgs(lambda z: (float(z @ h @ z / 2 - z.sum()), h @ z - 1),
+                      torch.zeros(40, dtype=F64), max_iter=30, history=5)
+    return {k: v for k, v in run.items() if k != "seconds"}
+
+
+def _defenses():
+    from leakbook import defenses
+    gen = torch.Generator().manual_seed(4)
+    update = [torch.randn(300, 200, generator=gen), torch.randn(200, generator=gen)]
+    return [defenses.global_norm(update), defenses.clip(update, 1.0),
+            defenses.clip_and_noise(update, 1.0, 0.3, seed=2),
+            defenses.relative_noise(update, 0.5, seed=1), defenses.prune(update, 0.3),
+            defenses.quantize(update, 3, stochastic=True, seed=5)]
+
+
+CASES.update({
+    "matching.dlg[mlp, 2 restarts]": _dlg,
+    "matching.idlg[resnet_tiny]": _idlg_conv,
+    "matching.inverting_gradients[resnet_tiny, bn prior]": _inverting_gradients,
+    "matching.gradient_distance+batchnorm_statistics": _gradient_distance,
+    "labels.recover[llg, resnet_tiny]": _recover("llg"),
+    "labels.recover[geng, resnet_tiny]": _recover("geng", input_shape=(1, 8, 8),
+                                                  num_dummies=16, refine=True),
+    "labels.recover[llg+, resnet_tiny]": _recover("llg+", input_shape=(1, 8, 8),
+                                                  num_dummies=8, repeats=1),
+    "labels.recover_fedavg": _recover_fedavg,
+    "fedavg.invert_fedavg[lenet_dlg]": _invert_fedavg,
+    "optim.lbfgs": _lbfgs,
+    "defenses[clip, noise, prune, quantize]": _defenses,
+})
+
+
 # --- the tests -------------------------------------------------------------------
 
 _in_process: dict[str, str] = {}

@@ -786,3 +786,142 @@ def test_linear_system_helpers_name_their_arguments():
                                       torch.ones(2, 1, 3, 3, dtype=F64))
     refuses(lambda: system.solve(rank_rtol=2.0), "rank_rtol")
     refuses(lambda: system.solve(dense_limit=-1), "dense_limit")
+
+
+# --- phase 2 (helper roba): matching, labels, fedavg, optim, defenses -------------
+
+class _NoForward(torch.nn.Module):
+    """A model whose forward pass must not run: any call fails the test."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(16, 3)
+
+    def forward(self, x):
+        raise AssertionError("the forward pass ran before the arguments were checked")
+
+
+def _no_forward_grads(net):
+    return [torch.ones_like(p) for p in net.parameters()]
+
+
+@pytest.mark.parametrize("labels", [torch.tensor([0, 1]), torch.tensor([0.5]),
+                                    "a", torch.tensor([[1]])])
+def test_matching_attacks_check_labels_before_any_forward_pass(labels):
+    """Issue 14: inverting_gradients checked its labels after a second of work."""
+    from leakbook.attacks import fedavg, matching
+    net = _NoForward()
+    g = _no_forward_grads(net)
+    refuses(lambda: matching.inverting_gradients(net, g, (1, 1, 4, 4), labels), "labels")
+    refuses(lambda: matching.dlg(net, g, (1, 1, 4, 4), labels=labels), "labels")
+    refuses(lambda: fedavg.invert_pairs([(net, g)], (1, 1, 4, 4), labels), "labels")
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    ({"restarts": 0}, "restarts"), ({"seed": 1.5}, "seed"), ({"lr": -1.0}, "lr"),
+    ({"iterations": 0}, "iterations"), ({"regularizers": {"tv": math.nan}},
+                                        "regularizers['tv']"),
+    ({"init": "grey"}, "init"), ({"dtype": torch.int64}, "dtype"),
+    ({"signed": 1}, "signed"), ({"callback": 3}, "callback")])
+def test_inverting_gradients_names_bad_options_before_any_forward_pass(kwargs, name):
+    from leakbook.attacks import matching
+    net = _NoForward()
+    refuses(lambda: matching.inverting_gradients(net, _no_forward_grads(net),
+                                                 (1, 1, 4, 4), torch.tensor([1]),
+                                                 **kwargs), name)
+
+
+def _bn_case(n=4):
+    net = models.build("resnet_tiny", in_channels=1, image_size=8, width=4, seed=0)
+    x = torch.rand(n, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(n)
+    return net, x, y, fl.shared_gradients(net, x, y)
+
+
+def _buffer_record(net):
+    return [(k, b._version, b.clone()) for k, b in net.named_buffers()]
+
+
+def test_recover_geng_leaves_every_batchnorm_buffer_alone():
+    """Issue 14: recover(method="geng") changed 15 BN buffers; now none, bit for bit
+    and without even a write-back (version counters unchanged)."""
+    from leakbook.attacks import labels
+    net, x, y, g = _bn_case()
+    before = _buffer_record(net)
+    assert len(before) == 15 and net.training
+    for kw in ({}, {"refine": True}):
+        labels.recover(net, g, 4, "geng", input_shape=(1, 8, 8), num_dummies=16, **kw)
+    after = _buffer_record(net)
+    assert [(k, v) for k, v, _ in after] == [(k, v) for k, v, _ in before]
+    assert all(torch.equal(a[2], b[2]) for a, b in zip(after, before))
+    assert net.training and all(m.training for m in net.modules())
+
+
+def test_bn_prior_helpers_read_the_running_statistics_without_writing_them():
+    """batchnorm_statistics and gradient_distance ran model(x) in train mode, which
+    wrote the dummy batch's statistics into the running buffers."""
+    from leakbook.attacks import matching
+    net, x, y, g = _bn_case()
+    before = _buffer_record(net)
+    stats = matching.batchnorm_statistics(net, x)
+    d = matching.gradient_distance(net, x, y, g, "cosine").detach()
+    assert len(stats) == len(matching.batchnorm_layers(net)) and float(d) < 1e-6
+    assert all(torch.equal(a[2], b[2]) and a[1] == b[1]
+               for a, b in zip(_buffer_record(net), before))
+
+
+def test_recover_reads_the_bias_when_every_last_relu_is_dead():
+    """Found by the iDLG property: with a zero dL/dW (dead ReLUs before the last
+    layer) recover refused, although the bias rule needs only dL/db."""
+    from leakbook.attacks import labels
+    net = models.build("mlp", in_features=4, widths=(3,), num_classes=4, seed=0,
+                       dtype=F64)
+    with torch.no_grad():
+        net[1].bias.fill_(-100.0)  # every hidden unit dead
+    x = torch.rand(1, 4, dtype=F64)
+    g = fl.shared_gradients(net, x, torch.tensor([2]))
+    assert float(g[2].abs().sum()) == 0 and float(g[3].abs().sum()) > 0
+    assert labels.recover(net, g, 1, "idlg").tolist() == [2]
+    refuses(lambda: labels.recover(net, g, 1, "dlg"), "method")
+    with pytest.raises(ValueError, match="zero"):  # llg reads dL/dW only
+        labels.recover(net, g, 1, "llg")
+
+
+def test_attacks_return_labels_that_do_not_alias_the_callers_tensor():
+    from leakbook.attacks import matching
+    net = models.build("mlp", in_features=16, widths=(4,), num_classes=3, seed=0)
+    x, y = torch.rand(1, 1, 4, 4), torch.tensor([1])
+    rec = matching.inverting_gradients(net, fl.shared_gradients(net, x, y), (1, 1, 4, 4),
+                                       y, iterations=1)
+    rec.labels[0] = 2
+    assert y.tolist() == [1]
+
+
+def test_lbfgs_names_bad_options_before_calling_fun():
+    from leakbook import optim
+
+    def fun(z):
+        raise AssertionError("fun ran before the options were checked")
+    z0 = torch.ones(2, dtype=F64)
+    for kwargs, name in [({"max_iter": -1}, "max_iter"), ({"history": 0}, "history"),
+                         ({"tol": math.nan}, "tol"), ({"stall": 1.5}, "stall"),
+                         ({"max_time": "1"}, "max_time"), ({"callback": 3}, "callback")]:
+        refuses(lambda: optim.lbfgs(fun, z0, **kwargs), name)
+    refuses(lambda: optim.lbfgs(fun, torch.tensor([math.nan], dtype=F64)), "z0")
+    refuses(lambda: optim.lbfgs("f", z0), "fun")
+
+
+def test_defences_name_strings_seeds_and_flags_instead_of_converting_them():
+    """A string "0.1" used to pass through float(); seeds went through int()."""
+    from leakbook import defenses
+    u = [torch.ones(2, 3), torch.ones(3)]
+    refuses(lambda: defenses.clip(u, "0.1"), "max_norm", TypeError)
+    refuses(lambda: defenses.gaussian_noise(u, 0.1, seed=1.7), "seed", TypeError)
+    refuses(lambda: defenses.prune(u, 0.5, per_tensor=1), "per_tensor", TypeError)
+    refuses(lambda: defenses.quantize(u, 4, stochastic="yes"), "stochastic", TypeError)
+    refuses(lambda: defenses.clip_and_noise(u, -1.0, 0.5), "max_norm")
+    refuses(lambda: defenses.prune([], 0.5), "update")
+    copies = [t.clone() for t in u]
+    for out in (defenses.clip(u, 0.1), defenses.prune(u, 0.5), defenses.quantize(u, 2)):
+        assert all(o.data_ptr() != t.data_ptr() for o, t in zip(out, u))
+    assert all(torch.equal(a, b) for a, b in zip(u, copies))

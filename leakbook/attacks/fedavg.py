@@ -27,11 +27,13 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from .. import checks
 from ..checks import check_grads
 from ..fl import loss_fn
 from ..optim import lbfgs
-from .matching import (REGULARIZERS, _check_labels, _check_shape, cosine_distance,
-                       l2_distance)
+from ..threads import one_thread
+from .matching import (REGULARIZERS, _check_format, _check_labels, _check_shape,
+                       cosine_distance, l2_distance)
 from .result import Reconstruction
 
 DISTANCES = ("l2", "cosine")
@@ -95,7 +97,18 @@ def simulate_update(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lr: f
     respect to x (the attack does); otherwise it is detached. The model is
     not changed. Returns w_T - w_0 aligned with ``model.parameters()``.
     """
+    checks.module(model)
+    checks.batch(x, "x")
+    checks.seed(shuffle_seed, "shuffle_seed")
+    checks.flag(create_graph, "create_graph")
     _check_schedule(x.shape[0], lr, local_steps, batch_size)
+    with one_thread():
+        return _simulate_update(model, x, y, lr, local_steps, batch_size,
+                                shuffle_seed, loss, create_graph)
+
+
+def _simulate_update(model, x, y, lr, local_steps, batch_size, shuffle_seed, loss,
+                     create_graph) -> list[torch.Tensor]:
     names = [n for n, _ in model.named_parameters()]
     start = {n: p.detach().clone().requires_grad_(True)
              for n, p in model.named_parameters()}
@@ -175,11 +188,9 @@ def _simulate(pair: dict, x: torch.Tensor, labels: torch.Tensor, loss) -> list:
     sched = pair["schedule"]
     if sched is None:
         return _simulate_gradient(pair["net"], x, labels, loss)
-    return simulate_update(pair["net"], x, labels, lr=sched["lr"],
-                           local_steps=sched["local_steps"],
-                           batch_size=sched["batch_size"],
-                           shuffle_seed=sched["shuffle_seed"], loss=loss,
-                           create_graph=True)
+    return _simulate_update(pair["net"], x, labels, sched["lr"],
+                            sched["local_steps"], sched["batch_size"],
+                            sched["shuffle_seed"], loss, True)
 
 
 def _distance(sim, pair: dict, distance: str) -> torch.Tensor:
@@ -290,9 +301,19 @@ def invert_pairs(pairs, shape, labels, *, lr: float | None = None, local_steps: 
         raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {OPTIMIZERS}")
     if iterations is None:
         iterations = 500 if optimizer == "lbfgs" else 1000
-    for name, value in (("restarts", restarts), ("iterations", iterations)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    for name, value in (("restarts", restarts), ("iterations", iterations),
+                        ("history", history)):
+        checks.integer(value, name, minimum=1, what="a positive int")
+    checks.seed(seed)
+    checks.float_dtype(dtype)
+    checks.number(tol, "tol", minimum=0)
+    checks.number(step_size, "step_size", above=0)
+    if max_time is not None:
+        checks.number(max_time, "max_time", minimum=0)
+    if callback is not None:
+        checks.function(callback, "callback")
+    if regularizers is not None and not isinstance(regularizers, dict):
+        checks.fail("regularizers", "a dict {name: weight}", regularizers, TypeError)
     weights = {} if regularizers is None else dict(regularizers)
     unknown = set(weights) - set(REGULARIZERS)
     if unknown:
@@ -307,6 +328,18 @@ def invert_pairs(pairs, shape, labels, *, lr: float | None = None, local_steps: 
     first = pairs[0][0] if isinstance(pairs[0], (list, tuple)) and pairs[0] else None
     if not isinstance(first, nn.Module):
         raise TypeError("pair 0 must start with a torch.nn.Module")
+    labels = _check_labels(labels, _check_format(shape)[0])  # before any forward pass
+    with one_thread():
+        return _invert_pairs(pairs, first, shape, labels, lr, local_steps, batch_size,
+                             shuffle_seed, loss, distance, weights, optimizer,
+                             iterations, history, tol, step_size, restarts, seed,
+                             dtype, max_time, callback)
+
+
+def _invert_pairs(pairs, first, shape, labels, lr, local_steps, batch_size,
+                  shuffle_seed, loss, distance, weights, optimizer, iterations,
+                  history, tol, step_size, restarts, seed, dtype, max_time,
+                  callback) -> Reconstruction:
     shape = _check_shape(first, shape, dtype)
     defaults = {"lr": lr, "local_steps": local_steps, "batch_size": batch_size,
                 "shuffle_seed": shuffle_seed}
@@ -372,4 +405,7 @@ def as_gradient(update, lr: float, local_steps: int) -> list[torch.Tensor]:
     gradients taken along the client's path. Taught in chapter 06.
     """
     _check_schedule(1, lr, local_steps, None)
+    update = checks._tensor_list(update, "update")
+    for i, u in enumerate(update):
+        checks.tensor(u, f"update[{i}]", "float")
     return [u.detach() / (-lr * local_steps) for u in update]

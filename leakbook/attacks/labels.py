@@ -34,7 +34,6 @@ leaves the model (parameters, buffers, train/eval mode) as it found it.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import itertools
 import math
@@ -45,8 +44,10 @@ import torch
 from scipy.optimize import nnls
 from torch import nn
 
+from .. import checks
 from ..checks import check_grads
-from ..fl import shared_gradients
+from ..fl import forward, shared_gradients
+from ..threads import one_thread
 from ..train import train_classifier
 
 METHODS = ("idlg", "yin", "llg", "llg+", "llg*", "geng", "calibrated")
@@ -81,6 +82,16 @@ def last_layer_grads(model: nn.Module, grads):
     return gw, gb
 
 
+def _check_gw(gw, gb=None) -> None:
+    """gw: a finite float (C, n) gradient; gb: None or (C,)."""
+    checks.tensor(gw, "gw", "float", dims=2, nonempty=True)
+    if gb is not None:
+        checks.tensor(gb, "gb", "float", dims=1)
+        if gb.shape[0] != gw.shape[0]:
+            raise ValueError(f"gb must have one entry per row of gw ({gw.shape[0]}), "
+                             f"got shape {tuple(gb.shape)}")
+
+
 def _sorted(labels) -> torch.Tensor:
     return torch.as_tensor(labels, dtype=torch.long).flatten().sort().values
 
@@ -93,21 +104,6 @@ def _check_int(value, name: str, low: int = 1) -> int:
     return int(value)
 
 
-@contextlib.contextmanager
-def _unchanged(model: nn.Module):
-    """Run ``model`` and leave its buffers (BatchNorm statistics) and modes as found."""
-    modes = [m.training for m in model.modules()]
-    buffers = [b.detach().clone() for b in model.buffers()]
-    try:
-        yield model
-    finally:
-        for module, mode in zip(model.modules(), modes):
-            module.training = mode
-        with torch.no_grad():
-            for buf, saved in zip(model.buffers(), buffers):
-                buf.copy_(saved)
-
-
 # --- the rules ---------------------------------------------------------------
 
 def idlg(gw: torch.Tensor, gb: torch.Tensor | None = None) -> torch.Tensor:
@@ -118,6 +114,7 @@ def idlg(gw: torch.Tensor, gb: torch.Tensor | None = None) -> torch.Tensor:
     activation); without, the most negative row sum of dL/dW, which needs
     h >= 0 (ReLU, sigmoid). gw: (C, n); gb: (C,) or None.
     """
+    _check_gw(gw, gb)
     score = gb if gb is not None else gw.sum(1)
     return _sorted([int(score.argmin())])
 
@@ -127,6 +124,11 @@ def yin(gw: torch.Tensor, batch_size: int) -> torch.Tensor:
 
     gw: (C, n). Assumes h >= 0 and no duplicates in the batch. Returns (B,).
     """
+    _check_gw(gw)
+    _check_int(batch_size, "batch_size")
+    if batch_size > gw.shape[0]:
+        raise ValueError(f"batch_size must be at most {gw.shape[0]} (yin needs unique "
+                         f"labels, one per class), got {batch_size}")
     return _sorted(gw.min(1).values.argsort()[:batch_size])
 
 
@@ -138,6 +140,9 @@ def llg(gw: torch.Tensor, batch_size: int, local_iterations: int = 1) -> torch.T
     "impact" m = (sum of negative g_i) / B * (1 + 1/C) / local_iterations
     back to g_i. gw: (C, n). Returns (B,).
     """
+    _check_gw(gw)
+    _check_int(batch_size, "batch_size")
+    checks.number(local_iterations, "local_iterations", above=0)
     g = gw.sum(1).clone()
     num_classes = len(g)
     impact = g[g < 0].sum() / batch_size * (1 + 1 / num_classes) / local_iterations
@@ -166,6 +171,8 @@ def counts_to_labels(counts: torch.Tensor, batch_size: int) -> torch.Tensor:
     Negative counts become 0; units go greedily to the classes furthest below
     their real count (or come off those furthest above) until the sum is B.
     """
+    checks.tensor(counts, "counts", "real", dims=1, nonempty=True)
+    _check_int(batch_size, "batch_size")
     target = counts.double().clamp(min=0)
     n = target.round()
     while n.sum() < batch_size:
@@ -186,6 +193,8 @@ def geng(gw: torch.Tensor, gb: torch.Tensor | None, batch_size: int,
     n = B (p_mean - s / feature_sum).
     softmax_mean: (C,); feature_sum: the mean of sum_j h_j (no-bias case).
     """
+    _check_gw(gw, gb)
+    _check_int(batch_size, "batch_size")
     p = torch.as_tensor(softmax_mean, dtype=torch.float64)
     if p.shape != gw.shape[:1]:
         raise ValueError(f"softmax_mean has shape {tuple(p.shape)}, "
@@ -202,6 +211,9 @@ def geng(gw: torch.Tensor, gb: torch.Tensor | None, batch_size: int,
 
 def noise_dummies(input_shape, num: int = 256, seed: int = 0) -> torch.Tensor:
     """Uniform noise images in [0, 1], shape (num, *input_shape)."""
+    input_shape = checks.shape(input_shape, "input_shape")
+    _check_int(num, "num")
+    checks.seed(seed)
     gen = torch.Generator().manual_seed(seed)
     return torch.rand((num, *tuple(input_shape)), generator=gen)
 
@@ -219,8 +231,8 @@ def dummy_stats(model: nn.Module, dummies: torch.Tensor) -> dict:
     seen = []
     hook = layer.register_forward_hook(lambda m, inp, out: seen.append(inp[0]))
     try:
-        with torch.no_grad(), _unchanged(model):
-            logits = model(dummies.to(next(model.parameters()).dtype))
+        with torch.no_grad():  # fl.forward: the model's buffers stay untouched
+            logits = forward(model, dummies.to(checks.model_dtype(model)))
     finally:
         hook.remove()
     probs = logits.double().softmax(-1)
@@ -263,6 +275,8 @@ def count_lower_bounds(gb: torch.Tensor, batch_size: int) -> torch.Tensor:
     a class with a negative bias gradient is in the batch, at least
     ceil(-B dL/db_i) times. This holds for any network and any training stage.
     """
+    checks.tensor(gb, "gb", "float", dims=1, nonempty=True)
+    _check_int(batch_size, "batch_size")
     low = torch.ceil(-batch_size * gb - 1e-6).clamp(min=0).long()
     return low if low.sum() <= batch_size else (gb < 0).long()
 
@@ -352,9 +366,27 @@ def recover(model: nn.Module, grads, batch_size: int, method: str = "idlg", *,
     use_bias: read the bias gradient where the rule allows (idlg, geng);
     False gives the rules' no-bias variants. Taught in chapter 03.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    checks.choice(method, "method", METHODS)
     _check_int(batch_size, "batch_size")
+    checks.flag(use_bias, "use_bias")
+    checks.flag(refine, "refine")
+    checks.seed(seed)
+    _check_int(num_dummies, "num_dummies")
+    _check_int(repeats, "repeats")
+    if input_shape is not None:
+        checks.shape(input_shape, "input_shape")
+    if dummies is not None:
+        checks.batch(dummies, "dummies")
+    with one_thread():
+        return _recover(model, grads, batch_size, method, use_bias, softmax_mean,
+                        feature_sum, dummies, dummy_labels, input_shape, num_dummies,
+                        seed, refine, repeats, shadow, shadow_epochs, impact, offset,
+                        calibration)
+
+
+def _recover(model, grads, batch_size, method, use_bias, softmax_mean, feature_sum,
+             dummies, dummy_labels, input_shape, num_dummies, seed, refine, repeats,
+             shadow, shadow_epochs, impact, offset, calibration) -> torch.Tensor:
     gw, gb = last_layer_grads(model, grads)
     if not use_bias:
         gb = None
@@ -365,7 +397,10 @@ def recover(model: nn.Module, grads, batch_size: int, method: str = "idlg", *,
     if method == "calibrated" and gb is None:
         raise ValueError("method 'calibrated' reads the bias gradient: "
                          "use_bias must be True and the last layer must have a bias")
-    if not (gw.abs().sum() > 0):
+    # the rules that read the bias need only it: with every ReLU of the last
+    # hidden layer dead, dL/dW is zero but dL/db still gives the labels
+    read = gb if gb is not None and method in ("idlg", "geng", "calibrated") else gw
+    if not (read.abs().sum() > 0):
         raise ValueError("the last layer's gradient is zero: "
                          "it carries no label information")
     num_classes = gw.shape[0]
@@ -518,7 +553,7 @@ def impact_offset(model: nn.Module, dummies: torch.Tensor, batch_size: int,
     gen = torch.Generator().manual_seed(seed)
     dtype = next(model.parameters()).dtype
     impact, offset = 0.0, torch.zeros(num_classes, dtype=torch.float64)
-    with _unchanged(model):
+    with one_thread():  # shared_gradients leaves the model's buffers alone
         for _ in range(repeats):
             for i in range(num_classes):
                 xb, yb = _class_batch(dummies, dummy_labels, i, batch_size, gen)
@@ -542,6 +577,9 @@ def llg_plus(gw: torch.Tensor, batch_size: int, impact: float,
     public port updates a stale index here, so that class is never corrected
     and every remaining label goes to it). Taught in chapter 03.
     """
+    _check_gw(gw)
+    _check_int(batch_size, "batch_size")
+    checks.number(impact, "impact")
     g = gw.sum(1)
     present = sorted((g < 0).nonzero().flatten().tolist(), key=lambda i: float(g[i]))
     return _two_stages(g - torch.as_tensor(offset, dtype=g.dtype), present,
@@ -603,6 +641,10 @@ def span_test(gw: torch.Tensor, gb: torch.Tensor | None, batch_size: int,
     below ``kappa`` times the largest (a sample lost in float32 rounding would
     make the span wrong). Taught in chapter 03.
     """
+    _check_gw(gw, gb)
+    _check_int(batch_size, "batch_size")
+    checks.number(tol, "tol", minimum=0)
+    checks.number(kappa, "kappa", minimum=0)
     num_classes = gw.shape[0]
     excluded = torch.zeros(num_classes, dtype=torch.bool)
     if batch_size > num_classes - 2:
@@ -844,6 +886,8 @@ def allocate(survival: torch.Tensor, batch_size: int) -> torch.Tensor:
     of per-class gains that shrink with k, so giving each of the B labels in
     turn to the class with the largest next gain is optimal. Taught in chapter 03.
     """
+    checks.tensor(survival, "survival", "float", dims=2, nonempty=True)
+    _check_int(batch_size, "batch_size")
     num_classes = survival.shape[0]
     counts = torch.zeros(num_classes, dtype=torch.long)
     rows = torch.arange(num_classes)
@@ -864,7 +908,11 @@ def draw_labels(batch_size: int, num_classes: int = 10, duplicate_share: float =
     batch in one random class. ``duplicate_share=None`` asks for unique
     labels (needs B <= num_classes).
     """
-    gen = torch.Generator().manual_seed(seed)
+    _check_int(batch_size, "batch_size")
+    _check_int(num_classes, "num_classes")
+    if duplicate_share is not None:
+        checks.number(duplicate_share, "duplicate_share", minimum=0, maximum=1)
+    gen = torch.Generator().manual_seed(checks.seed(seed))
     if duplicate_share is None:
         if batch_size > num_classes:
             raise ValueError(f"{batch_size} unique labels need at least that many "
@@ -880,8 +928,12 @@ def draw_labels(batch_size: int, num_classes: int = 10, duplicate_share: float =
 
 def sample_batch(x: torch.Tensor, y: torch.Tensor, labels, seed: int = 0):
     """Distinct samples of a pool x (N, ...), y (N,) with the wanted labels (B,)."""
-    labels = torch.as_tensor(labels, dtype=torch.long).flatten()
-    gen = torch.Generator().manual_seed(seed)
+    checks.check_batch(x, y)
+    if isinstance(labels, (list, tuple)) and labels and all(
+            isinstance(v, torch.Tensor) and v.dim() == 0 for v in labels):
+        labels = torch.stack(list(labels))  # a list of scalar tensors
+    labels = checks.labels(labels, "labels")
+    gen = torch.Generator().manual_seed(checks.seed(seed))
     idx = torch.empty(len(labels), dtype=torch.long)
     for lab in labels.unique().tolist():
         slots = (labels == lab).nonzero().flatten()
@@ -1048,12 +1100,27 @@ def recover_fedavg(model: nn.Module, update, num_samples: int, *, lr: float,
     from .fedavg import _check_schedule
     if path not in PATHS:
         raise ValueError(f"unknown path {path!r}; choose one of {PATHS}")
+    checks.seed(seed)
+    checks.flag(use_bias, "use_bias")
+    _check_int(num_dummies, "num_dummies")
+    if input_shape is not None:
+        checks.shape(input_shape, "input_shape")
     if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)):
         raise TypeError(f"num_samples must be an int, got {type(num_samples).__name__}")
     if num_samples < 1:
         raise ValueError(f"num_samples must be at least 1, got {num_samples}")
     _check_schedule(num_samples, lr, local_steps, batch_size)
-    update = check_grads(model, update)
+    update = check_grads(model, update, "update")
+    with one_thread():
+        return _recover_fedavg(model, update, num_samples, lr, local_steps,
+                               batch_size, shuffle_seed, path, softmax_mean, dummies,
+                               dummy_labels, input_shape, num_dummies, seed, use_bias,
+                               loss)
+
+
+def _recover_fedavg(model, update, num_samples, lr, local_steps, batch_size,
+                    shuffle_seed, path, softmax_mean, dummies, dummy_labels,
+                    input_shape, num_dummies, seed, use_bias, loss) -> torch.Tensor:
     gw, gb = last_layer_grads(model, update)
     if use_bias and gb is None:
         raise ValueError("use_bias=True but the last layer has no bias; "

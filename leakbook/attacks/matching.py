@@ -18,8 +18,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import checks
 from ..checks import check_grads
 from ..fl import loss_fn as _loss_fn
+from ..threads import one_thread
 from ..optim import lbfgs
 from .labels import recover
 from .result import Reconstruction
@@ -30,12 +32,7 @@ from .result import Reconstruction
 def _check_shape(model: torch.nn.Module, shape, dtype=None) -> tuple[int, ...]:
     """Check shape = (B, C, H, W) and that the model, in ``dtype`` (default: its
     own), maps it to (B, classes); return it as a tuple of ints."""
-    if not isinstance(shape, (tuple, list, torch.Size)) or len(shape) != 4:
-        raise ValueError(f"shape must be (B, C, H, W), got {shape!r}")
-    if not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 1
-               for s in shape):
-        raise ValueError(f"shape must hold positive integers, got {tuple(shape)}")
-    shape = tuple(int(s) for s in shape)
+    shape = _check_format(shape)
     dtype = next(model.parameters()).dtype if dtype is None else dtype
     probe = copy.deepcopy(model).to(dtype).eval()
     try:
@@ -48,6 +45,37 @@ def _check_shape(model: torch.nn.Module, shape, dtype=None) -> tuple[int, ...]:
         raise ValueError(f"the model maps shape {shape} to logits of shape "
                          f"{tuple(out.shape)}, expected ({shape[0]}, classes)")
     return shape
+
+
+def _check_format(shape) -> tuple[int, ...]:
+    """shape = (B, C, H, W) of positive ints, without running any model."""
+    if not isinstance(shape, (tuple, list, torch.Size)) or len(shape) != 4:
+        raise ValueError(f"shape must be (B, C, H, W), got {shape!r}")
+    if not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 1
+               for s in shape):
+        raise ValueError(f"shape must hold positive integers, got {tuple(shape)}")
+    return tuple(int(s) for s in shape)
+
+
+def _check_options(*, restarts, seed, dtype, callback, max_time,
+                   max_restarts=0) -> None:
+    """The scalar options shared by the matching attacks, before any work."""
+    checks.integer(restarts, "restarts", minimum=1)
+    checks.integer(max_restarts, "max_restarts", minimum=0)
+    checks.seed(seed)
+    checks.float_dtype(dtype)
+    if callback is not None:
+        checks.function(callback, "callback")
+    if max_time is not None:
+        checks.number(max_time, "max_time", minimum=0)
+
+
+def _check_lbfgs(max_iter, history, stall) -> None:
+    if max_iter is not None:
+        checks.integer(max_iter, "max_iter", minimum=0)
+    checks.integer(history, "history", minimum=1)
+    if stall is not None:
+        checks.integer(stall, "stall", minimum=1)
 
 
 def _check_labels(labels, batch: int, num_classes: int | None = None) -> torch.Tensor:
@@ -65,7 +93,7 @@ def _check_labels(labels, batch: int, num_classes: int | None = None) -> torch.T
     if num_classes is not None and ((labels < 0) | (labels >= num_classes)).any():
         raise ValueError(f"labels must lie in 0..{num_classes - 1}, got "
                          f"{labels.tolist()}")
-    return labels.long()
+    return labels.long().clone()  # the result never aliases the caller's tensor
 
 
 def _attack_model(model: torch.nn.Module, dtype) -> torch.nn.Module:
@@ -77,14 +105,43 @@ def _attack_model(model: torch.nn.Module, dtype) -> torch.nn.Module:
     return net
 
 
+def _run(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """model(x) in the model's own mode, its buffers read from copies (BatchNorm
+    in train mode writes the batch's statistics into copies, never into the
+    model). Unlike ``fl.forward`` it does not check x: a diverging attack may
+    feed NaN images and must see a NaN distance, not an error."""
+    buffers = dict(model.named_buffers())
+    if not buffers:
+        return model(x)
+    copies = {name: b.clone() for name, b in buffers.items()}
+    return torch.func.functional_call(model, copies, (x,), strict=False)
+
+
+def _check_pair(grads, target) -> None:
+    """Two gradient lists of equal length and matching shapes."""
+    grads = checks._tensor_list(grads, "grads")
+    target = checks._tensor_list(target, "target")
+    if len(grads) != len(target):
+        raise ValueError(f"target must hold one tensor per entry of grads "
+                         f"({len(grads)}), got {len(target)}")
+    for i, (g, t) in enumerate(zip(grads, target)):
+        checks.tensor(g, f"grads[{i}]", "float", finite=False)
+        checks.tensor(t, f"target[{i}]", "float", finite=False)
+        if g.shape != t.shape:
+            raise ValueError(f"target[{i}] must have the shape of grads[{i}], "
+                             f"{tuple(g.shape)}, got {tuple(t.shape)}")
+
+
 def l2_distance(grads: list[torch.Tensor], target: list[torch.Tensor]) -> torch.Tensor:
-    """DLG's distance: sum over layers of ||g - g*||^2."""
+    """DLG's distance: sum over layers of ||g - g*||^2 (lists aligned in shape)."""
+    _check_pair(grads, target)
     return sum(((g - t) ** 2).sum() for g, t in zip(grads, target))
 
 
 def cosine_distance(grads: list[torch.Tensor],
                     target: list[torch.Tensor]) -> torch.Tensor:
     """Inverting gradients' distance: 1 - cos(g, g*) over all layers concatenated."""
+    _check_pair(grads, target)
     dot = sum((g * t).sum() for g, t in zip(grads, target))
     norm_g = sum((g * g).sum() for g in grads)
     norm_t = sum((t * t).sum() for t in target)
@@ -98,11 +155,19 @@ def gradient_distance(model, x, y, target, distance="l2", loss="ce") -> torch.Te
     """Distance between the gradient at dummy data (x, y) and the shared ``target``.
 
     x: (B, C, H, W); y: (B,) integer or (B, K) soft labels; differentiable in x.
+    The model runs in its own mode with its buffers read from copies, so
+    BatchNorm statistics are never changed. A backward pass through the
+    result should run in ``threads.one_thread()`` too, for bit-identical
+    results at any thread count.
     """
+    checks.module(model)
+    checks.choice(distance, "distance", tuple(DISTANCES))
+    checks.tensor(x, "x", "float", min_dims=2, finite=False)
     params = list(model.parameters())
-    value = _loss_fn(loss)(model(x), y)
-    grads = torch.autograd.grad(value, params, create_graph=True)
-    return DISTANCES[distance](grads, target)
+    with one_thread():
+        value = _loss_fn(loss)(_run(model, x), y)
+        grads = torch.autograd.grad(value, params, create_graph=True)
+        return DISTANCES[distance](grads, target)
 
 
 # --- DLG ----------------------------------------------------------------------
@@ -175,15 +240,26 @@ def dlg(model: torch.nn.Module, grads, shape, labels=None, *, loss="ce",
     Taught in chapter 04.
     """
     grads = check_grads(model, grads)
+    shape = _check_format(shape)
+    if labels is not None:  # count and kind before any forward pass
+        labels = _check_labels(labels, shape[0])
+    _check_options(restarts=restarts, max_restarts=max_restarts, seed=seed,
+                   dtype=dtype, callback=callback, max_time=max_time)
+    rel_tol = checks.number(rel_tol, "rel_tol", minimum=0)
+    checks.choice(init, "init", ("gray", "rand", "randn"))
+    _check_lbfgs(max_iter, history, stall)
+    with one_thread():
+        return _dlg(model, grads, shape, labels, loss, max_iter, history, rel_tol,
+                    stall, init, restarts, max_restarts, seed, dtype, max_time,
+                    callback)
+
+
+def _dlg(model, grads, shape, labels, loss, max_iter, history, rel_tol, stall, init,
+         restarts, max_restarts, seed, dtype, max_time, callback) -> Reconstruction:
     shape = _check_shape(model, shape)
-    if not isinstance(restarts, int) or restarts < 1:
-        raise ValueError(f"restarts must be a positive integer, got {restarts!r}")
-    if not rel_tol >= 0:
-        raise ValueError(f"rel_tol must be >= 0, got {rel_tol!r}")
     net = _attack_model(model, dtype)
     num_classes = net(torch.zeros(shape, dtype=dtype)).shape[1]
     if labels is not None:
-        labels = _check_labels(labels, shape[0])
         if ((labels < 0) | (labels >= num_classes)).any():
             raise ValueError(f"labels must lie in 0..{num_classes - 1}")
     target = [g.detach().to(dtype).clone() for g in grads]
@@ -246,9 +322,15 @@ def idlg(model: torch.nn.Module, grads, shape, **kwargs) -> Reconstruction:
     arguments as ``dlg`` (without labels). Taught in chapter 04.
     """
     grads = check_grads(model, grads)
-    shape = _check_shape(model, shape)
-    labels = recover(model, grads, shape[0], method="idlg" if shape[0] == 1 else "yin")
-    rec = dlg(model, grads, shape, labels=labels, **kwargs)
+    shape = _check_format(shape)
+    if "labels" in kwargs:
+        raise TypeError("labels must not be given to idlg, got labels=...: iDLG "
+                        "recovers them (use dlg with labels to pass them)")
+    with one_thread():
+        shape = _check_shape(model, shape)
+        labels = recover(model, grads, shape[0],
+                         method="idlg" if shape[0] == 1 else "yin")
+        rec = dlg(model, grads, shape, labels=labels, **kwargs)
     rec.stats["labels_given"] = False
     rec.stats["labels_recovered"] = True
     return rec
@@ -257,8 +339,17 @@ def idlg(model: torch.nn.Module, grads, shape, **kwargs) -> Reconstruction:
 # --- inverting gradients -----------------------------------------------------
 
 
+def _check_prior(x, ctx) -> None:
+    """A prior's arguments: images (B, C, H, W) (NaN allowed: a diverging run
+    must reach its own NaN check) and the attack's context dict."""
+    checks.tensor(x, "x", "float", dims=4, finite=False)
+    if not isinstance(ctx, dict):
+        checks.fail("ctx", "a dict (the attack's context)", ctx, TypeError)
+
+
 def total_variation(x: torch.Tensor, ctx: dict) -> torch.Tensor:
     """Anisotropic TV: mean |horizontal differences| + mean |vertical differences|."""
+    _check_prior(x, ctx)
     return ((x[..., :, 1:] - x[..., :, :-1]).abs().mean()
             + (x[..., 1:, :] - x[..., :-1, :]).abs().mean())
 
@@ -270,6 +361,7 @@ def bn_statistics_prior(x: torch.Tensor, ctx: dict) -> torch.Tensor:
     (recorded by hooks in the last forward pass); mu*, var*: ``ctx["bn_targets"]``
     (by default the model's running statistics).
     """
+    _check_prior(x, ctx)
     seen, targets = ctx["bn_seen"], ctx["bn_targets"]
     if not seen:
         raise ValueError("the 'bn' prior needs a model with BatchNorm layers")
@@ -279,6 +371,7 @@ def bn_statistics_prior(x: torch.Tensor, ctx: dict) -> torch.Tensor:
 
 def l2_prior(x: torch.Tensor, ctx: dict) -> torch.Tensor:
     """Mean squared pixel value (a weak pull towards dark images)."""
+    _check_prior(x, ctx)
     return (x ** 2).mean()
 
 
@@ -289,17 +382,24 @@ REGULARIZERS: dict[str, Callable] = {"tv": total_variation, "bn": bn_statistics_
 
 def batchnorm_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The model's BatchNorm layers, in forward order of definition."""
+    checks.module(model, parameters=False)
     bn = torch.nn.modules.batchnorm._BatchNorm
     return [m for m in model.modules() if isinstance(m, bn)]
 
 
 def batchnorm_statistics(model: torch.nn.Module, x: torch.Tensor) -> list[tuple]:
-    """Per-channel (mean, biased var) of the input of every BN layer on batch x."""
+    """Per-channel (mean, biased var) of the input of every BN layer on batch x.
+
+    x: (B, ...) in the model's dtype. The model runs in its own mode; its
+    buffers are read from copies (nothing changes). Returns [(mean, var)].
+    """
+    checks.module(model)
+    checks.batch(x, "x")
     seen: list = []
     hooks = _bn_hooks(model, seen)
     try:
-        with torch.no_grad():
-            model(x)
+        with torch.no_grad(), one_thread():
+            _run(model, x)
     finally:
         for h in hooks:
             h.remove()
@@ -442,21 +542,42 @@ def inverting_gradients(model: torch.nn.Module, grads, shape, labels, *, loss="c
     final distance, status and images. Taught in chapter 05.
     """
     grads = check_grads(model, grads)
-    shape = _check_shape(model, shape)
-    labels = _check_labels(labels, shape[0])
+    shape = _check_format(shape)
+    labels = _check_labels(labels, shape[0])  # issue 14: before any forward pass
+    if regularizers is not None and not isinstance(regularizers, dict):
+        checks.fail("regularizers", "a dict {name: weight}", regularizers, TypeError)
     weights = {"tv": IG_DEFAULTS["tv"]} if regularizers is None else dict(regularizers)
     unknown = set(weights) - set(REGULARIZERS)
     if unknown:
         raise ValueError(f"unknown regularizers {sorted(unknown)}; "
                          f"known: {sorted(REGULARIZERS)}")
-    if not isinstance(restarts, int) or restarts < 1:
-        raise ValueError(f"restarts must be a positive integer, got {restarts!r}")
-    if iterations is not None and (not isinstance(iterations, int) or iterations < 1):
-        raise ValueError(f"iterations must be None or a positive integer, "
-                         f"got {iterations!r}")
-    if not isinstance(patience, int) or patience < 1:
-        raise ValueError(f"patience must be a positive integer, got {patience!r}")
-    _restart_images((1,), torch.Generator(), init, dtype)  # reject a bad init early
+    for name, w in weights.items():
+        checks.number(w, f"regularizers[{name!r}]", minimum=0)
+    _check_options(restarts=restarts, seed=seed, dtype=dtype, callback=callback,
+                   max_time=max_time)
+    if iterations is not None:
+        checks.integer(iterations, "iterations", minimum=1)
+    checks.integer(patience, "patience", minimum=1)
+    lr = checks.number(lr, "lr", above=0)
+    tol = checks.number(tol, "tol", minimum=0)
+    for name, value in (("signed", signed), ("boxed", boxed), ("decay", decay)):
+        checks.flag(value, name)
+    checks.choice(init, "init", ("rand", "randn", "gray"))
+    with one_thread():
+        return _inverting_gradients(model, grads, shape, labels, loss, iterations, lr,
+                                    weights, restarts, seed, signed, boxed, decay,
+                                    init, patience, tol, max_time, bn_targets, dtype,
+                                    callback)
+
+
+def _inverting_gradients(model, grads, shape, labels, loss, iterations, lr, weights,
+                         restarts, seed, signed, boxed, decay, init, patience, tol,
+                         max_time, bn_targets, dtype, callback) -> Reconstruction:
+    shape = _check_shape(model, shape)
+    with torch.no_grad():
+        num_classes = _run(copy.deepcopy(model).eval(),
+                           torch.zeros(shape, dtype=checks.model_dtype(model))).shape[1]
+    labels = _check_labels(labels, shape[0], num_classes)
     net = _attack_model(model, dtype)
     target = [g.detach().to(dtype).clone() for g in grads]
     if all(float(t.abs().sum()) == 0 for t in target):
