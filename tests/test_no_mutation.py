@@ -299,6 +299,14 @@ CASES = [
          lambda: (tensor.projected_moment_tensor, _tensor_split(),
                   {"basis": torch.eye(6, 2, dtype=F64)})),
     Case("attacks.input_span", lambda: (tensor.input_span, (_tensor_split()[2], 2), {})),
+    # gradinversion (chapter 05): the BN prior reads the running statistics
+    Case("attacks.gradinversion",
+         lambda: (lb.attacks.gradinversion.gradinversion,
+                  (_bn_net(), fl.shared_gradients(_bn_net(), torch.rand(2, 1, 8, 8),
+                                                  torch.tensor([0, 1])),
+                   (2, 1, 8, 8), torch.tensor([0, 1])),
+                  {"seeds": 2, "iterations": 3, "every": 1,
+                   "regularizers": {"tv": 1e-3, "bn": 1e-2}})),
     # isolation
     Case("isolation.isolation_trial", lambda: (isolation.isolation_trial, (8, 3, 0), {})),
     Case("isolation.isolation_probabilities",
