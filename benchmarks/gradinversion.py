@@ -1,7 +1,7 @@
 """GradInversion-style group consistency against inverting gradients at equal
 compute (chapter 05).
 
-    python -m benchmarks.gradinversion          # -> chapters/data/gradinversion_bench.json
+    python -m benchmarks.gradinversion       # -> chapters/data/gradinversion_bench.json
     python -m benchmarks.gradinversion dev      # one section, merged into the file
 
 Both attacks use the same priors (TV 1e-3 and the BatchNorm prior 1e-2 at the

@@ -42,8 +42,12 @@ def test_bad_shape_labels_and_grads_are_refused():
     net, x, y, g = _case()
     with pytest.raises(ValueError, match="shape"):
         gradinversion(net, g, (1, 3, 8), y)
-    with pytest.raises(ValueError, match="labels"):
+    with pytest.raises(TypeError, match="labels must"):
         gradinversion(net, g, tuple(x.shape), torch.tensor([0.5]))
+    with pytest.raises(ValueError, match=r"labels must be labels in 0\.\.3"):
+        gradinversion(net, g, tuple(x.shape), torch.tensor([7]))
+    with pytest.raises(ValueError, match="labels must"):
+        gradinversion(net, g, tuple(x.shape), torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="grads"):
         gradinversion(net, g[:-1], tuple(x.shape), y)
     with pytest.raises(ValueError, match="grads must not be all zeros"):
