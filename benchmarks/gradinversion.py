@@ -16,8 +16,8 @@ of test images with distinct labels, scored after Hungarian matching beside
 the flat baseline (each image's own mean colour); the truth is read only to
 score.
 
-dev: the group weight (0 = fusion of independent seeds, the paper's 0.01,
-    and larger) and T on the dev split (resnet_tiny, 6 single images and 3
+dev: the group weight (0 = fusion of independent seeds, 0.01 to 10; the
+    paper's weight scales an L2 distance and does not transfer) and T on the dev split (resnet_tiny, 6 single images and 3
     batches of 4); the best median gain over inverting gradients is kept.
 test: the chosen setting on the test split, both models, beside the same
     seeds fused without the group term (weight 0: "fusion") to tell the

@@ -28,7 +28,7 @@ from .matching import (IG_DEFAULTS, REGULARIZERS, _attack_model, _bn_hooks,
                        gradient_distance)
 from .result import Reconstruction
 
-#: defaults: the group weight (from 0, 0.01 = the paper's, 0.1, 1, 10) and the
+#: defaults: the group weight (from 0, 0.01, 0.1, 1, 10) and the
 #: steps per seed (120, 240) were chosen on the dev split with 4 seeds
 #: (benchmarks/gradinversion.py); the mean is refreshed every 25 steps.
 GI_DEFAULTS = {"seeds": 4, "iterations": 120, "group": 10.0, "every": 25,
