@@ -15,6 +15,7 @@ REGISTRY = {
     "dlg_speed": "dlg_speed.json",
     "matching": "matching_bench.json",
     "inverting": "inverting_bench.json",
+    "gradinversion": "gradinversion_bench.json",
     "tensor": "tensor_bench.json",
     "labels": "labels_bench.json",
     "defenses": "defenses_bench.json",

@@ -1022,6 +1022,48 @@ def _ch05_cosine(answer, seed: int):
 
 
 
+@answer_check("ch05-ex-group",
+              forbid=("leakbook.attacks.gradinversion.group_penalty",
+                      "leakbook.attacks.gradinversion.registered_mean"))
+def _ch05_group(answer, seed: int):
+    """group_term(members) -> scalar: sum over members of the mean squared
+    difference to the members' (plain) mean; members (S, B, C, H, W)."""
+    pick = random.Random(seed)
+    gen = torch.Generator().manual_seed(seed)
+    shape = (4, 1, 3, 16, 16) if seed == 0 else (
+        pick.randint(2, 5), pick.randint(1, 3), pick.randint(1, 3), pick.randint(2, 9),
+        pick.randint(2, 9))
+    members = torch.rand(shape, generator=gen, dtype=F64).requires_grad_(True)
+    diff = members - members.mean(0, keepdim=True)
+    expected = (diff ** 2).mean((1, 2, 3, 4)).sum()
+    (g_ref,) = torch.autograd.grad(expected, members)
+    expected, diff = float(expected.detach()), diff.detach()
+    raw = answer(members)
+    got = as_float(raw)
+    if got is None or not math.isfinite(got):
+        return "Return one number: a torch scalar (a tensor with one entry)."
+    tol = 1e-9 * max(1.0, expected)
+    if abs(got - expected) > tol:
+        total = float((diff ** 2).sum())
+        if abs(got - expected / shape[0]) <= tol:
+            return ("Add the members' terms up: every member is pulled towards "
+                    "the mean, and the term is their sum.")
+        if abs(got - total) <= 1e-9 * total:
+            return "Average each member's squared differences over its pixels."
+        if abs(got - float(diff.abs().mean((1, 2, 3, 4)).sum())) <= tol:
+            return "The differences are squared, not taken in absolute value."
+        return ("Not the group term: check the mean (over members, one image "
+                "per slot) and what each member's term averages over.")
+    if not (isinstance(raw, torch.Tensor) and raw.requires_grad):
+        return ("Right value, but the attack descends on this term: return a "
+                "torch scalar that autograd can differentiate (no .item()).")
+    (g_got,) = torch.autograd.grad(raw, members, allow_unused=True)
+    if g_got is None or not torch.allclose(g_got.double(), g_ref, atol=1e-9):
+        return ("Right value, but its derivative with respect to the members is "
+                "not right: keep every member in the graph.")
+    return None
+
+
 # --- chapters 07-08 ---------------------------------------------------------
 
 # chapter 07 (linear systems, R-GAP, COPA)

@@ -69,25 +69,30 @@ def _conv_out(size: int, k: int, s: int, p: int) -> int:
     return (size + 2 * p - k) // s + 1
 
 
-def _conv_stack(spec, in_channels: int, image_size: int, act: str, bias: bool):
-    """Convs from a spec [(out, k, s, p), ...], each followed by the activation."""
+def _conv_stack(spec, in_channels: int, image_size: int, act: str, bias: bool,
+                batchnorm: bool = False):
+    """Convs from a spec [(out, k, s, p), ...], each followed by the activation
+    (with batchnorm, by BatchNorm2d and then the activation)."""
     _positive(in_channels=in_channels, image_size=image_size,
               widths=[out for out, *_ in spec])
     checks.flag(bias, "bias")
+    checks.flag(batchnorm, "batchnorm")
     layers, c, size = [], in_channels, image_size
     for out, k, s, p in spec:
-        layers += [nn.Conv2d(c, out, k, s, p, bias=bias), make_activation(act)]
+        norm = [nn.BatchNorm2d(out)] if batchnorm else []
+        layers += [nn.Conv2d(c, out, k, s, p, bias=bias), *norm, make_activation(act)]
         c, size = out, _conv_out(size, k, s, p)
         if size < 1:
             raise ValueError(f"image_size {image_size} is too small for this network")
     return layers, c * size * size
 
 
-def _cnn(spec, in_channels, image_size, num_classes, act, bias, head_bias=None):
+def _cnn(spec, in_channels, image_size, num_classes, act, bias, head_bias=None,
+         batchnorm=False):
     _positive(num_classes=num_classes)
     if head_bias is not None:
         checks.flag(head_bias, "head_bias")
-    layers, features = _conv_stack(spec, in_channels, image_size, act, bias)
+    layers, features = _conv_stack(spec, in_channels, image_size, act, bias, batchnorm)
     head_bias = bias if head_bias is None else head_bias
     return nn.Sequential(*layers, nn.Flatten(),
                          nn.Linear(features, num_classes, bias=head_bias))
@@ -103,11 +108,14 @@ def lenet_dlg(in_channels=3, image_size=32, num_classes=10, activation="sigmoid"
 
 
 def cnn6(in_channels=3, image_size=32, num_classes=1, activation="leaky_relu",
-         bias=False, head_bias=None, widths=(12, 36, 36, 36, 64, 128)):
-    """R-GAP's CNN6: bias-free by default, one logit for the logistic loss."""
+         bias=False, head_bias=None, widths=(12, 36, 36, 36, 64, 128),
+         batchnorm=False):
+    """R-GAP's CNN6: bias-free by default, one logit for the logistic loss.
+    batchnorm=True puts a BatchNorm2d after every conv (chapter 05's BN CNN)."""
     k = [(4, 2, 2), (3, 2, 1), (3, 1, 1), (3, 1, 1), (3, 2, 1), (3, 1, 1)]
     spec = [(w, *ks) for w, ks in zip(widths, k)]
-    return _cnn(spec, in_channels, image_size, num_classes, activation, bias, head_bias)
+    return _cnn(spec, in_channels, image_size, num_classes, activation, bias, head_bias,
+                batchnorm)
 
 
 def cnn6_d(**kwargs):

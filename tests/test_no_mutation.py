@@ -435,6 +435,14 @@ CASES = [
     Case("__main__.main", lambda: (cli.main, _cli_args(), {})),
     Case("__main__.load_model", lambda: (cli.load_model, ("cnn6", (3, 8, 8)), {})),
     Case("__main__.check_shape", lambda: (cli.check_shape, ([3, 8, 8],), {})),
+    # gradinversion (chapter 05): the BN prior reads the running statistics
+    Case("attacks.gradinversion",
+         lambda: (lb.attacks.gradinversion.gradinversion,
+                  (_bn_net(), fl.shared_gradients(_bn_net(), torch.rand(2, 1, 8, 8),
+                                                  torch.tensor([0, 1])),
+                   (2, 1, 8, 8), torch.tensor([0, 1])),
+                  {"seeds": 2, "iterations": 3, "every": 1,
+                   "regularizers": {"tv": 1e-3, "bn": 1e-2}})),
     # isolation
     Case("isolation.isolation_trial", lambda: (isolation.isolation_trial, (8, 3, 0), {})),
     Case("isolation.isolation_probabilities",

@@ -22,6 +22,7 @@ from hypothesis.extra import numpy as hnp
 from leakbook import checks, data, fl, metrics, models, security
 from leakbook.attacks import analytic, copa, hybrid, rgap
 from leakbook.attacks import linear_systems as ls
+from leakbook.attacks.gradinversion import gradinversion
 
 F64 = torch.float64
 CHECKED = (ValueError, TypeError)
@@ -473,6 +474,15 @@ def _img():
     return torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(1))
 
 
+
+def _gi_case():
+    """Valid arguments of gradinversion on a tiny BN model (2 steps)."""
+    net = models.build("resnet_tiny", in_channels=1, image_size=4, width=2,
+                       num_classes=3).eval()
+    x, y = _img(), torch.tensor([0, 2])
+    return dict(model=net, grads=fl.shared_gradients(net, x, y), shape=(2, 1, 4, 4),
+                labels=y, seeds=2, iterations=2)
+
 #: (entry point, argument, strategy of invalid values, valid keyword arguments)
 BAD = [
     (fl.shared_gradients, "x", _garbage_tensors(),
@@ -519,6 +529,12 @@ BAD = [
      lambda: dict(grad_weight=torch.ones(3, 2), grad_bias=torch.ones(3))),
     (analytic.invert_fc, "grad_weight", _garbage_tensors(),
      lambda: dict(grad_bias=torch.ones(3))),
+    (gradinversion, "seeds", _bad_positive_int, _gi_case),
+    (gradinversion, "group", st.sampled_from([None, "0.1", -1.0, math.nan, math.inf,
+                                              True, [0.1]]), _gi_case),
+    (gradinversion, "register", st.sampled_from([None, "flow", "SHIFT", 1, True]),
+     _gi_case),
+    (gradinversion, "max_shift", st.sampled_from([-1, 5, 1.5, "2", None]), _gi_case),
 ]
 
 

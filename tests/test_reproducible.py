@@ -219,6 +219,17 @@ def _build():
         ("lenet_dlg", dict(image_size=16)))]
 
 
+def _gradinversion():
+    """Chapter 05: several seeds, a registered mean; BN prior, eval mode."""
+    from leakbook.attacks.gradinversion import gradinversion
+    net = models.build("resnet_tiny", in_channels=1, image_size=8, width=4).eval()
+    x, _ = _digits(2)
+    y = torch.tensor([0, 1])
+    rec = gradinversion(net, fl.shared_gradients(net, x, y), (2, 1, 8, 8), y, seeds=3,
+                        iterations=8, every=2, seed=4,
+                        regularizers={"tv": 1e-3, "bn": 1e-2})
+    return [rec.images, rec.stats["members"], rec.stats["shifts"]]
+
 CASES: dict[str, Callable] = {
     "fl.shared_gradients[mlp]": _shared("mlp"),
     "fl.shared_gradients[lenet_dlg]": _shared("lenet_dlg"),
@@ -247,6 +258,7 @@ CASES: dict[str, Callable] = {
     "security.audit": _audit,
     "linear_systems.conv_matrices": _linear_systems,
     "models.build": _build,
+    "attacks.gradinversion": _gradinversion,
 }
 
 
