@@ -35,7 +35,7 @@ import torch
 
 import leakbook as lb
 from leakbook.attacks import inverting_gradients
-from leakbook.attacks.gradinversion import gradinversion
+from leakbook.attacks import gradinversion
 
 from .matching_common import as_uint8, run_sections, score, summary
 

@@ -1023,8 +1023,8 @@ def _ch05_cosine(answer, seed: int):
 
 
 @answer_check("ch05-ex-group",
-              forbid=("leakbook.attacks.gradinversion.group_penalty",
-                      "leakbook.attacks.gradinversion.registered_mean"))
+              forbid=("leakbook.attacks.group.group_penalty",
+                      "leakbook.attacks.group.registered_mean"))
 def _ch05_group(answer, seed: int):
     """group_term(members) -> scalar: sum over members of the mean squared
     difference to the members' (plain) mean; members (S, B, C, H, W)."""

@@ -1,12 +1,12 @@
-"""GradInversion-style group consistency (leakbook.attacks.gradinversion)."""
+"""GradInversion-style group consistency (`leakbook.attacks.group`)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 import leakbook as lb
-from leakbook.attacks import gradinversion as gi_mod
-from leakbook.attacks.gradinversion import (best_shifts, gradinversion, group_penalty,
+from leakbook.attacks import group as gi_mod
+from leakbook.attacks.group import (best_shifts, gradinversion, group_penalty,
                                             registered_mean, shift_images)
 from leakbook.attacks.matching import inverting_gradients
 

@@ -437,7 +437,7 @@ CASES = [
     Case("__main__.check_shape", lambda: (cli.check_shape, ([3, 8, 8],), {})),
     # gradinversion (chapter 05): the BN prior reads the running statistics
     Case("attacks.gradinversion",
-         lambda: (lb.attacks.gradinversion.gradinversion,
+         lambda: (lb.attacks.gradinversion,
                   (_bn_net(), fl.shared_gradients(_bn_net(), torch.rand(2, 1, 8, 8),
                                                   torch.tensor([0, 1])),
                    (2, 1, 8, 8), torch.tensor([0, 1])),

@@ -22,7 +22,7 @@ from hypothesis.extra import numpy as hnp
 from leakbook import checks, data, fl, metrics, models, security
 from leakbook.attacks import analytic, copa, hybrid, rgap
 from leakbook.attacks import linear_systems as ls
-from leakbook.attacks.gradinversion import gradinversion
+from leakbook.attacks import gradinversion
 
 F64 = torch.float64
 CHECKED = (ValueError, TypeError)

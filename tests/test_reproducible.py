@@ -221,7 +221,7 @@ def _build():
 
 def _gradinversion():
     """Chapter 05: several seeds, a registered mean; BN prior, eval mode."""
-    from leakbook.attacks.gradinversion import gradinversion
+    from leakbook.attacks import gradinversion
     net = models.build("resnet_tiny", in_channels=1, image_size=8, width=4).eval()
     x, _ = _digits(2)
     y = torch.tensor([0, 1])
