@@ -475,6 +475,27 @@ def test_one_thread_restores_the_callers_setting_even_on_error():
         torch.set_num_threads(before)
 
 
+
+def test_one_thread_also_limits_the_blas_pools_of_numpy_and_scipy():
+    """COPA's sparse and dense NumPy/SciPy solves differed between a process
+    with OMP_NUM_THREADS=1 and one without: torch's setting does not reach
+    the BLAS pools, so one_thread limits them too, and restores them."""
+    from threadpoolctl import ThreadpoolController, threadpool_limits
+    import scipy.linalg  # noqa: F401  (loads SciPy's BLAS)
+
+    def blas_threads():
+        return {p["filepath"]: p["num_threads"] for p in ThreadpoolController().info()
+                if p["user_api"] == "blas"}
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        outside = blas_threads()
+        with threads.one_thread():
+            inside = blas_threads()
+            with threads.one_thread():
+                assert blas_threads() == inside
+        assert blas_threads() == outside
+    assert inside and set(inside.values()) == {1}
+
 # --- the validation layer ---------------------------------------------------------------
 
 @pytest.mark.parametrize("call, name, error", [
