@@ -946,3 +946,65 @@ def test_defences_name_strings_seeds_and_flags_instead_of_converting_them():
     for out in (defenses.clip(u, 0.1), defenses.prune(u, 0.5), defenses.quantize(u, 2)):
         assert all(o.data_ptr() != t.data_ptr() for o, t in zip(out, u))
     assert all(torch.equal(a, b) for a, b in zip(u, copies))
+
+
+# --- the last label helpers: calibrated counts (ch. 03), surrogate clients (ch. 06) ----
+
+def _calibration_case():
+    from leakbook.attacks import labels as L
+    net = models.build("mlp", in_features=8, widths=(6,), num_classes=3, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    xa = torch.rand(30, 8, generator=gen)
+    ya = torch.arange(30) % 3
+    return net, xa, ya, L.calibrate_counts(net, xa, ya, 4, simulations=20, seed=1)
+
+
+def test_count_survival_refuses_what_its_calibration_does_not_fit():
+    from leakbook.attacks import labels as L
+    net, xa, ya, cal = _calibration_case()
+    gw, gb = [g.detach() for g in fl.shared_gradients(net, xa[:4], ya[:4])[-2:]]
+    surv = L.count_survival(cal, gw, gb)
+    assert surv.shape == (3, 4) and bool(((surv >= 0) & (surv <= 1)).all())
+    refuses(lambda: L.count_survival({"batch_size": 4}, gw, gb), "calibration")
+    refuses(lambda: L.count_survival(cal, gw[:2], gb), "gw")
+    refuses(lambda: L.count_survival(cal, gw, gb[:2]), "gb")
+    refuses(lambda: L.count_survival(cal, gw, gb * math.nan), "gb")
+    refuses(lambda: L.count_survival(cal, gw.long(), gb), "gw")
+
+
+def test_surrogate_inputs_refuse_counts_that_are_no_counts():
+    from leakbook.attacks import labels as L
+    xa = torch.rand(12, 8, generator=torch.Generator().manual_seed(1))
+    ya = torch.arange(12) % 3
+    xs, ys = L.surrogate_inputs(torch.tensor([2, 0, 1]), xa, ya, seed=3)
+    assert xs.shape == (3, 8) and ys.tolist() == [0, 0, 2]
+    refuses(lambda: L.surrogate_inputs(torch.tensor([2.5, 0.0]), xa, ya), "counts")
+    refuses(lambda: L.surrogate_inputs(torch.tensor([-1, 2]), xa, ya), "counts")
+    refuses(lambda: L.surrogate_inputs([2, 1], xa, ya), "counts")
+    refuses(lambda: L.surrogate_inputs(torch.tensor([1, 1]), xa, ya[:5]), "dummy_labels")
+    refuses(lambda: L.surrogate_inputs(torch.tensor([1, 1]), xa[:0], None), "dummies")
+    refuses(lambda: L.surrogate_inputs(torch.tensor([1, 1]), xa, ya, seed=1.5), "seed")
+
+
+def test_simulate_counts_checks_everything_before_training_a_surrogate():
+    from leakbook.attacks import labels as L
+    net = models.build("mlp", in_features=8, widths=(6,), num_classes=3, seed=0)
+    xa = torch.rand(12, 8, generator=torch.Generator().manual_seed(1))
+    ya = torch.arange(12) % 3
+    observed, start = torch.zeros(3), torch.tensor([0, 1])
+    good = dict(lr=0.1, local_steps=2)
+    labels, info = L.simulate_counts(net, observed, start, xa, ya, max_sweeps=1, **good)
+    assert len(labels) == 2 and info["sweeps"] == 1
+    for bad, name in [(dict(observed=torch.zeros(4)), "observed"),
+                      (dict(observed=torch.full((3,), math.nan)), "observed"),
+                      (dict(start=torch.tensor([0, 3])), "start"),
+                      (dict(start=torch.tensor([0.0, 1.0])), "start"),
+                      (dict(start=torch.tensor([], dtype=torch.long)), "start"),
+                      (dict(lr=0.0), "lr"), (dict(local_steps=0), "local_steps"),
+                      (dict(batch_size=0), "batch_size"), (dict(max_sweeps=0), "max_sweeps"),
+                      (dict(use_bias="yes"), "use_bias"), (dict(seed=1.5), "seed"),
+                      (dict(dummy_labels=ya[:3]), "dummy_labels")]:
+        kw = dict(model=net, observed=observed, start=start, dummies=xa,
+                  dummy_labels=ya, **good)
+        kw.update(bad)
+        refuses(lambda: L.simulate_counts(**kw), name)

@@ -502,7 +502,7 @@ def _check_dummies(model: nn.Module, dummies, dummy_labels=None, name="dummies")
                          + (f" of shape {tuple(dummies.shape)}"
                             if isinstance(dummies, torch.Tensor) else ""))
     if not torch.isfinite(dummies).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
+        raise ValueError(f"{name} must be finite, got NaN or infinite values")
     if dummy_labels is None:
         return None
     num_classes = last_linear(model).out_features
@@ -511,10 +511,11 @@ def _check_dummies(model: nn.Module, dummies, dummy_labels=None, name="dummies")
                 else type(dummy_labels).__name__)
         raise TypeError(f"dummy_labels must be an int64 tensor (N,), got {kind}")
     if dummy_labels.shape != dummies.shape[:1]:
-        raise ValueError(f"dummy_labels has shape {tuple(dummy_labels.shape)}, "
-                         f"expected ({len(dummies)},): one label per dummy")
+        raise ValueError(f"dummy_labels must hold one label per dummy, shape "
+                         f"({len(dummies)},), got {tuple(dummy_labels.shape)}")
     if ((dummy_labels < 0) | (dummy_labels >= num_classes)).any():
-        raise ValueError(f"dummy_labels must lie in 0..{num_classes - 1}")
+        raise ValueError(f"dummy_labels must lie in 0..{num_classes - 1}, got "
+                         f"{int(dummy_labels.min())}..{int(dummy_labels.max())}")
     return dummy_labels
 
 
@@ -855,6 +856,18 @@ def count_survival(calibration: CountCalibration, gw: torch.Tensor,
     non-increasing in k; then the certainties are imposed: classes the span
     test excludes get 0, and k <= ceil(-B dL/db_c) gets 1. Taught in chapter 03.
     """
+    if not isinstance(calibration, CountCalibration):
+        checks.fail("calibration", "a CountCalibration (from calibrate_counts)",
+                    calibration, TypeError)
+    c = calibration.num_classes
+    checks.tensor(gw, "gw", "float", dims=2)
+    checks.tensor(gb, "gb", "float", dims=1)
+    if gw.shape[0] != c:
+        checks.fail("gw", f"the last layer's weight gradient of the calibrated "
+                    f"model ({c} rows)", gw)
+    if gb.shape != (c,):
+        checks.fail("gb", f"the last layer's bias gradient of the calibrated "
+                    f"model (shape ({c},))", gb)
     batch = calibration.batch_size
     gw, gb = batch * gw.double(), batch * gb.double()
     excluded = span_test(gw, gb, batch)
@@ -993,6 +1006,14 @@ def path_softmax_mean(model: nn.Module, update, dummies: torch.Tensor,
             "feature_sum": float(np.mean(feats))}
 
 
+def _check_counts(counts, name: str = "counts") -> torch.Tensor:
+    """Class counts (C,): a 1-D tensor of non-negative whole numbers."""
+    checks.tensor(counts, name, "real", dims=1, nonempty=True)
+    if (counts < 0).any() or (counts != counts.round()).any():
+        checks.fail(name, "non-negative whole class counts", counts.tolist())
+    return counts
+
+
 def surrogate_inputs(counts: torch.Tensor, dummies: torch.Tensor,
                      dummy_labels: torch.Tensor | None, seed: int = 0):
     """A surrogate batch with the given class counts (C,): inputs (N, ...), labels (N,).
@@ -1004,6 +1025,11 @@ def surrogate_inputs(counts: torch.Tensor, dummies: torch.Tensor,
     dummies of the shuffle carry the labels in sorted order. Taught in
     chapter 06.
     """
+    _check_counts(counts)
+    checks.batch(dummies, "dummies")
+    if dummy_labels is not None:
+        checks.labels(dummy_labels, "dummy_labels", batch_size=len(dummies))
+    seed = checks.seed(seed)
     gen = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(dummies), generator=gen)
     labels = torch.repeat_interleave(torch.arange(len(counts)), counts.long())
@@ -1044,7 +1070,24 @@ def simulate_counts(model: nn.Module, observed: torch.Tensor, start: torch.Tenso
     residual falls. Returns the sorted labels (N,) and dict(residual,
     evaluations, sweeps). Taught in chapter 06.
     """
-    num_classes = len(observed)
+    checks.module(model)
+    num_classes = last_linear(model).out_features
+    checks.tensor(observed, "observed", "float", dims=1)
+    if observed.shape != (num_classes,):
+        checks.fail("observed", f"the last layer's update of {num_classes} classes "
+                    f"(shape ({num_classes},))", observed)
+    start = checks.labels(start, "start", num_classes=num_classes)
+    if len(start) == 0:
+        checks.fail("start", "at least one label", start)
+    _check_dummies(model, dummies, dummy_labels)
+    checks.number(lr, "lr", above=0)
+    checks.integer(local_steps, "local_steps", minimum=1)
+    if batch_size is not None:
+        checks.integer(batch_size, "batch_size", minimum=1)
+    checks.seed(shuffle_seed, "shuffle_seed")
+    checks.seed(seed)
+    checks.flag(use_bias, "use_bias")
+    checks.integer(max_sweeps, "max_sweeps", minimum=1)
     sched = {"lr": lr, "local_steps": local_steps, "batch_size": batch_size,
              "seed": shuffle_seed}
 
