@@ -23,9 +23,8 @@ from typing import Callable
 import torch
 
 from .. import checks, fl, threads
-from .matching import (IG_DEFAULTS, REGULARIZERS, _attack_model, _bn_hooks,
-                       _check_shape, _restart_images, batchnorm_layers,
-                       gradient_distance)
+from .matching import (IG_DEFAULTS, REGULARIZERS, _check_shape, _prior_context,
+                       _restart_images, batchnorm_layers, gradient_distance)
 from .result import Reconstruction
 
 #: defaults: the group weight (from 0, 0.01, 0.1, 1, 10) and the
@@ -195,17 +194,7 @@ def _run(model, grads, shape, labels, seeds, iterations, group, weights, registe
          seed, lr, every, max_shift, bn_targets, loss, callback):
     t0 = time.perf_counter()
     dtype = torch.float32
-    net = _attack_model(model, dtype)
-    target = [g.detach().to(dtype).clone() for g in grads]
-    if all(float(t.abs().sum()) == 0 for t in target):
-        raise ValueError("grads must not be all zeros (nothing to match), got zeros")
-    ctx: dict = {"model": net, "bn_seen": []}
-    hooks = _bn_hooks(net, ctx["bn_seen"]) if weights.get("bn") else []
-    if weights.get("bn"):
-        pairs = bn_targets if bn_targets is not None else [
-            (m.running_mean, m.running_var) for m in batchnorm_layers(net)]
-        ctx["bn_targets"] = [(m.detach().to(dtype).clone(),
-                              v.detach().to(dtype).clone()) for m, v in pairs]
+    net, target, ctx, hooks = _prior_context(model, grads, weights, bn_targets, dtype)
     x = torch.stack([_restart_images(shape, torch.Generator().manual_seed(seed + s),
                                      "rand", dtype) for s in range(seeds)])
     x.requires_grad_(True)

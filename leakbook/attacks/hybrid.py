@@ -45,8 +45,8 @@ from ..optim import lbfgs
 from .layer_system import LayerSystem
 from .layers import Block
 from .linear_systems import MAX_MEMORY_GB, check_dense, conv_csr, patch_indices
-from .recursive import (_options, _prepare, check_one_sample, invert_head,
-                        layer_system, step_down)
+from .recursive import (_finished_labels, _options, _prepare, check_one_sample,
+                        invert_head, layer_system, step_down)
 from .result import Reconstruction
 
 #: how copa and psnr_cap can fill the pixels no gradient depends on
@@ -499,12 +499,7 @@ def _copa(parts, acts, grads, labels, input_shape, dtype, t0, steps, warmup, ref
     image = image.reshape(input_shape)
     if fill is not None and bool(hidden.any()):
         image = fill_blind(image, hidden.reshape(input_shape), fill)
-    if not torch.isfinite(image).all():
-        raise ValueError("grads must give a finite reconstruction, got a non-finite "
-                         "one: a layer's system is singular")
-    labels_out = labels
-    if labels_out is None and parts[-1].bias_index is not None:
-        labels_out = grads[parts[-1].bias_index].argmin().reshape(1)
+    labels_out = _finished_labels(image, labels, grads, parts)
     shape = (1, *input_shape)
     how = ("none" if fill is None else fill if isinstance(fill, str)
            else f"constant {fill:g}")

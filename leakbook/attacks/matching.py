@@ -414,6 +414,30 @@ def _bn_hooks(model, seen: list):
     return [m.register_forward_hook(hook) for m in batchnorm_layers(model)]
 
 
+def _prior_context(model, grads, weights: dict, bn_targets, dtype):
+    """What one cosine-matching attack with priors needs: (net, target, ctx, hooks).
+
+    net: the attack's copy of the model; target: the shared gradient as
+    detached copies in ``dtype`` (all zeros refused); ctx: the priors' context,
+    with the BN targets (default: the copy's running statistics) when the "bn"
+    prior has a weight; hooks: the BN hooks to remove when the attack ends.
+    """
+    net = _attack_model(model, dtype)
+    target = [g.detach().to(dtype).clone() for g in grads]
+    if all(float(t.abs().sum()) == 0 for t in target):
+        raise ValueError("grads must not be all zeros (nothing to match), got zeros")
+    ctx: dict = {"model": net, "bn_seen": []}
+    hooks = _bn_hooks(net, ctx["bn_seen"]) if weights.get("bn") else []
+    if weights.get("bn"):
+        if not hooks:
+            raise ValueError("the 'bn' prior needs a model with BatchNorm layers")
+        pairs = bn_targets if bn_targets is not None else [
+            (m.running_mean, m.running_var) for m in batchnorm_layers(net)]
+        ctx["bn_targets"] = [(m.detach().to(dtype).clone(), v.detach().to(dtype).clone())
+                             for m, v in pairs]
+    return net, target, ctx, hooks
+
+
 def _restart_images(shape, gen, init: str, dtype) -> torch.Tensor:
     if init == "rand":
         return torch.rand(shape, generator=gen, dtype=dtype)
@@ -578,20 +602,7 @@ def _inverting_gradients(model, grads, shape, labels, loss, iterations, lr, weig
         num_classes = _run(copy.deepcopy(model).eval(),
                            torch.zeros(shape, dtype=checks.model_dtype(model))).shape[1]
     labels = _check_labels(labels, shape[0], num_classes)
-    net = _attack_model(model, dtype)
-    target = [g.detach().to(dtype).clone() for g in grads]
-    if all(float(t.abs().sum()) == 0 for t in target):
-        raise ValueError("the shared gradient is all zeros: nothing to match")
-    ctx: dict = {"model": net, "bn_seen": []}
-    hooks = _bn_hooks(net, ctx["bn_seen"]) if weights.get("bn") else []
-    if weights.get("bn"):
-        if not hooks:
-            raise ValueError("the 'bn' prior needs a model with BatchNorm layers")
-        ctx["bn_targets"] = bn_targets if bn_targets is not None else [
-            (m.running_mean, m.running_var) for m in batchnorm_layers(net)]
-        ctx["bn_targets"] = [(m.detach().to(dtype).clone(),
-                              v.detach().to(dtype).clone())
-                             for m, v in ctx["bn_targets"]]
+    net, target, ctx, hooks = _prior_context(model, grads, weights, bn_targets, dtype)
     opts = {"iterations": iterations, "lr": lr, "signed": signed, "boxed": boxed,
             "decay": decay, "tol": tol, "patience": patience}
     t0, runs = time.perf_counter(), []

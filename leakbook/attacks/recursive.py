@@ -222,6 +222,18 @@ def step_down(upper: Block, act: Activation, x_upper: torch.Tensor,
     return z, back * act.derivative(z)
 
 
+def _finished_labels(image: torch.Tensor, labels, grads, parts):
+    """The labels a layer-wise attack returns, once its image is checked finite:
+    the given ones, else the head bias gradient's most negative entry (iDLG's
+    rule), else None. Refuses a non-finite image (a singular system)."""
+    if not torch.isfinite(image).all():
+        raise ValueError("grads must give a finite reconstruction, got a "
+                         "non-finite one: a layer's system is singular")
+    if labels is None and parts[-1].bias_index is not None:
+        return grads[parts[-1].bias_index].argmin().reshape(1)
+    return labels
+
+
 def check_one_sample(head_stats: dict, stats: dict, layer: str) -> None:
     """ValueError if the first layer below a logistic head cannot fit its gradient.
 
@@ -296,11 +308,6 @@ def rgap(model: nn.Module, grads, labels=None, *, input_shape,
             if i == len(parts) - 2:
                 check_one_sample(head_stats, stats, parts[i].name)
             layer_stats.append({"layer": parts[i].name, **stats, "input": x})
-        if not torch.isfinite(x).all():
-            raise ValueError("grads must give a finite reconstruction, got a "
-                             "non-finite one: a layer's system is singular")
-        labels_out = labels
-        if labels_out is None and parts[-1].bias_index is not None:
-            labels_out = grads[parts[-1].bias_index].argmin().reshape(1)
+        labels_out = _finished_labels(x, labels, grads, parts)
     return Reconstruction(x.reshape(1, *input_shape).to(dtype), labels_out, [],
                           time.perf_counter() - start, {"layers": layer_stats})
