@@ -33,7 +33,7 @@ from ..fl import loss_fn
 from ..optim import lbfgs
 from ..threads import one_thread
 from .matching import (REGULARIZERS, _check_format, _check_labels, _check_shape,
-                       cosine_distance, l2_distance)
+                       _shape_and_classes, cosine_distance, l2_distance)
 from .result import Reconstruction
 
 DISTANCES = ("l2", "cosine")
@@ -340,13 +340,10 @@ def _invert_pairs(pairs, first, shape, labels, lr, local_steps, batch_size,
                   shuffle_seed, loss, distance, weights, optimizer, iterations,
                   history, tol, step_size, restarts, seed, dtype, max_time,
                   callback) -> Reconstruction:
-    shape = _check_shape(first, shape, dtype)
+    shape, num_classes = _shape_and_classes(first, shape, dtype)
     defaults = {"lr": lr, "local_steps": local_steps, "batch_size": batch_size,
                 "shuffle_seed": shuffle_seed}
     prepared = _prepare_pairs(pairs, shape, dtype, defaults)
-    probe = copy.deepcopy(prepared[0]["net"]).eval()
-    with torch.no_grad():
-        num_classes = probe(torch.zeros(shape, dtype=dtype)).shape[1]
     labels = _check_labels(labels, shape[0], num_classes)
     value = _objective(prepared, labels, distance, loss, weights,
                        {"model": prepared[0]["net"]})

@@ -22,9 +22,9 @@ from typing import Callable
 
 import torch
 
-from .. import checks, fl, threads
-from .matching import (IG_DEFAULTS, REGULARIZERS, _check_shape, _prior_context,
-                       _restart_images, batchnorm_layers, gradient_distance)
+from .. import checks, threads
+from .matching import (IG_DEFAULTS, REGULARIZERS, _prior_context, _restart_images,
+                       _shape_and_classes, batchnorm_layers, gradient_distance)
 from .result import Reconstruction
 
 #: defaults: the group weight (from 0, 0.01, 0.1, 1, 10) and the
@@ -136,10 +136,8 @@ def _validate(model, grads, shape, labels, seeds, iterations, group, regularizer
         checks.function(callback, "callback")
     if bn_targets is not None and not isinstance(bn_targets, (list, tuple)):
         checks.fail("bn_targets", "a list of (mean, var) pairs", bn_targets, TypeError)
-    shape = _check_shape(model, shape)
-    with torch.no_grad():
-        classes = fl.forward(model, torch.zeros(shape, dtype=checks.model_dtype(model)))
-    labels = checks.labels(labels, "labels", shape[0], classes.shape[1])
+    shape, num_classes = _shape_and_classes(model, shape)
+    labels = checks.labels(labels, "labels", shape[0], num_classes)
     return grads, shape, labels, seeds, iterations, group, weights, seed, lr, every, \
         max_shift
 

@@ -32,6 +32,12 @@ from .result import Reconstruction
 def _check_shape(model: torch.nn.Module, shape, dtype=None) -> tuple[int, ...]:
     """Check shape = (B, C, H, W) and that the model, in ``dtype`` (default: its
     own), maps it to (B, classes); return it as a tuple of ints."""
+    return _shape_and_classes(model, shape, dtype)[0]
+
+
+def _shape_and_classes(model: torch.nn.Module, shape,
+                       dtype=None) -> tuple[tuple[int, ...], int]:
+    """As _check_shape, from one probe forward pass: (shape, number of classes)."""
     shape = _check_format(shape)
     dtype = next(model.parameters()).dtype if dtype is None else dtype
     probe = copy.deepcopy(model).to(dtype).eval()
@@ -44,7 +50,7 @@ def _check_shape(model: torch.nn.Module, shape, dtype=None) -> tuple[int, ...]:
     if out.dim() != 2 or out.shape[0] != shape[0]:
         raise ValueError(f"the model maps shape {shape} to logits of shape "
                          f"{tuple(out.shape)}, expected ({shape[0]}, classes)")
-    return shape
+    return shape, out.shape[1]
 
 
 def _check_format(shape) -> tuple[int, ...]:
@@ -256,12 +262,10 @@ def dlg(model: torch.nn.Module, grads, shape, labels=None, *, loss="ce",
 
 def _dlg(model, grads, shape, labels, loss, max_iter, history, rel_tol, stall, init,
          restarts, max_restarts, seed, dtype, max_time, callback) -> Reconstruction:
-    shape = _check_shape(model, shape)
+    shape, num_classes = _shape_and_classes(model, shape)
     net = _attack_model(model, dtype)
-    num_classes = net(torch.zeros(shape, dtype=dtype)).shape[1]
     if labels is not None:
-        if ((labels < 0) | (labels >= num_classes)).any():
-            raise ValueError(f"labels must lie in 0..{num_classes - 1}")
+        labels = _check_labels(labels, shape[0], num_classes)
     target = [g.detach().to(dtype).clone() for g in grads]
     scale = float(sum((t.double() ** 2).sum() for t in target))
     if scale == 0.0:
@@ -597,10 +601,7 @@ def inverting_gradients(model: torch.nn.Module, grads, shape, labels, *, loss="c
 def _inverting_gradients(model, grads, shape, labels, loss, iterations, lr, weights,
                          restarts, seed, signed, boxed, decay, init, patience, tol,
                          max_time, bn_targets, dtype, callback) -> Reconstruction:
-    shape = _check_shape(model, shape)
-    with torch.no_grad():
-        num_classes = _run(copy.deepcopy(model).eval(),
-                           torch.zeros(shape, dtype=checks.model_dtype(model))).shape[1]
+    shape, num_classes = _shape_and_classes(model, shape)
     labels = _check_labels(labels, shape[0], num_classes)
     net, target, ctx, hooks = _prior_context(model, grads, weights, bn_targets, dtype)
     opts = {"iterations": iterations, "lr": lr, "signed": signed, "boxed": boxed,
