@@ -1213,8 +1213,18 @@ def _invisible_case(seed: int, convs, padding):
     raise RuntimeError("no conv stack with a deep blind spot")     # pragma: no cover
 
 
-def _mask_verdict(answer, model, shape, expected, copy_of):
-    got = as_mask(answer(copy_of(model), shape))
+def _mask_verdict(answer, seed: int, chapter_case, convs, padding):
+    """Check a blind-pixel mask: seed 0 on the chapter's (model, shape), other
+    seeds on a random conv stack whose blind spot a first-layer mask misses."""
+    import copy
+
+    from . import security
+    if seed == 0:
+        model, shape = chapter_case()
+        expected = security.blind_spot(model, shape)
+    else:
+        model, shape, expected = _invisible_case(seed, convs, padding)
+    got = as_mask(answer(copy.deepcopy(model), shape))
     if got is None or got.shape != expected.shape:
         return ("Return a boolean mask with the shape of one input, (C, H, W): "
                 "True where no gradient depends on the pixel.")
@@ -1229,16 +1239,9 @@ def _mask_verdict(answer, model, shape, expected, copy_of):
                                            "unread_pixels"))
 def _ch07_invisible(answer, seed: int):
     """invisible_pixels(model, input_shape) -> bool mask (C, H, W)."""
-    import copy
-
-    from . import security
     from .models import build
-    if seed == 0:                                     # the chapter's model
-        model, shape = build("cnn3_c1"), (3, 32, 32)
-        expected = security.blind_spot(model, shape)
-    else:
-        model, shape, expected = _invisible_case(seed, (2, 2), padding=False)
-    return _mask_verdict(answer, model, shape, expected, copy.deepcopy)
+    return _mask_verdict(answer, seed, lambda: (build("cnn3_c1"), (3, 32, 32)),
+                         (2, 2), padding=False)
 
 
 # chapter 08 (how secure is an architecture?)
@@ -1352,22 +1355,16 @@ def _ch08_safer(answer, seed: int):
                                        "unread_pixels"))
 def _ch08_blind(answer, seed: int):
     """blind_pixels(model, input_shape) -> bool mask (C, H, W)."""
-    import copy
-
     from torch import nn
 
-    from . import security
-    if seed == 0:                                     # the chapter's model
+    def chapter_case():                               # the chapter's model
         with torch.random.fork_rng():
             torch.manual_seed(0)
             model = nn.Sequential(nn.Conv2d(1, 2, 3, stride=2), nn.Tanh(),
                                   nn.Conv2d(2, 2, 2, stride=2), nn.Tanh(),
                                   nn.Flatten(), nn.Linear(8, 1))
-        shape = (1, 11, 11)
-        expected = security.blind_spot(model, shape)
-    else:
-        model, shape, expected = _invisible_case(seed, (2, 4), padding=True)
-    return _mask_verdict(answer, model, shape, expected, copy.deepcopy)
+        return model, (1, 11, 11)
+    return _mask_verdict(answer, seed, chapter_case, (2, 4), padding=True)
 
 
 # --- chapter 09 -------------------------------------------------------------
