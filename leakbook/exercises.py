@@ -711,6 +711,23 @@ def _ch04_lenet_gradients(seed: int):
             fl.shared_gradients(model, x, y))
 
 
+def _distance_case(seed: int, several: bool = False):
+    """(grads, target) for a gradient-distance check: LeNet's gradients at the
+    true and a wrong label for seed 0, random tensor lists otherwise (with
+    ``several``, at least two tensors, so per-layer and global sums differ);
+    grads are leaves that require grad."""
+    if seed == 0:
+        grads, target = _ch04_lenet_gradients(0)
+    else:
+        grads, target = _tensor_lists(seed, random.Random(seed).choice(
+            [torch.float32, F64]))
+        if several and len(grads) == 1:
+            gen = torch.Generator().manual_seed(seed)
+            grads.append(torch.randn(3, generator=gen, dtype=grads[0].dtype))
+            target.append(-5 * grads[-1].clone())
+    return [g.detach().clone().requires_grad_(True) for g in grads], target
+
+
 def _differentiable(got, grads) -> bool:
     """Does the answer carry an autograd graph back to the tensors of grads?"""
     return (isinstance(got, torch.Tensor) and got.requires_grad
@@ -721,12 +738,7 @@ def _differentiable(got, grads) -> bool:
                                           "leakbook.attacks.matching.gradient_distance"))
 def _ch04_distance(answer, seed: int):
     """l2_gradient_distance(grads, target) -> scalar, differentiable in grads."""
-    if seed == 0:
-        grads, target = _ch04_lenet_gradients(0)
-    else:
-        grads, target = _tensor_lists(seed, random.Random(seed).choice(
-            [torch.float32, F64]))
-    grads = [g.detach().clone().requires_grad_(True) for g in grads]
+    grads, target = _distance_case(seed)
     expected = sum(((g.detach().double() - t.double()) ** 2).sum()
                    for g, t in zip(grads, target))
     raw = answer(grads, [t.clone() for t in target])
@@ -972,16 +984,7 @@ def _ch05_bn_mean(answer, seed: int):
                                         "leakbook.attacks.matching.gradient_distance"))
 def _ch05_cosine(answer, seed: int):
     """cosine_distance(grads, target) -> scalar over all tensors concatenated."""
-    if seed == 0:
-        grads, target = _ch04_lenet_gradients(0)
-    else:
-        grads, target = _tensor_lists(seed, random.Random(seed).choice(
-            [torch.float32, F64]))
-        if len(grads) == 1:                      # per-layer and global differ
-            gen = torch.Generator().manual_seed(seed)
-            grads.append(torch.randn(3, generator=gen, dtype=grads[0].dtype))
-            target.append(-5 * grads[-1].clone())
-    grads = [g.detach().clone().requires_grad_(True) for g in grads]
+    grads, target = _distance_case(seed, several=True)
     flat_g = torch.cat([g.detach().double().reshape(-1) for g in grads])
     flat_t = torch.cat([t.double().reshape(-1) for t in target])
 
